@@ -1,0 +1,306 @@
+"""The market store: engines, migrations, and the one idempotent upsert every flow writes with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from tasks import schema
+from tasks.validate import Rejected, split_rejects
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# The PostgreSQL binary COPY type of each column type we use.
+_PG_TYPES = {
+    sa.String: "text",
+    sa.Text: "text",
+    sa.Date: "date",
+    sa.Float: "float8",
+    sa.BigInteger: "int8",
+    sa.Integer: "int4",
+    sa.DateTime: "timestamptz",
+    sa.Boolean: "bool",
+    sa.JSON: "json",
+}
+
+
+@dataclass
+class UpsertResult:
+    """What one batch did: counts, and the rows it refused with their reasons."""
+
+    table: str
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: list[Rejected] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return self.inserted + self.updated
+
+    def __add__(self, other: UpsertResult) -> UpsertResult:
+        return UpsertResult(
+            self.table,
+            self.inserted + other.inserted,
+            self.updated + other.updated,
+            self.unchanged + other.unchanged,
+            self.rejected + other.rejected,
+        )
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whichever spelling of the URL was given."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """One pooled engine per database URL for the life of the process."""
+    url = normalize_url(url)
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def engine_from_settings(settings=None) -> Engine:
+    from tasks.settings import get_settings
+
+    settings = settings or get_settings()
+    return get_engine(settings.database_url.get_secret_value())
+
+
+def migrate(url: str) -> None:
+    """Bring the database at url to the newest schema (alembic upgrade head); safe to repeat."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.attributes["url"] = normalize_url(url)
+    command.upgrade(cfg, "head")
+
+
+def has_timescaledb(conn: Connection) -> bool:
+    if conn.dialect.name != "postgresql":
+        return False
+    found = conn.execute(
+        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
+    ).first()
+    return found is not None
+
+
+# ---------------------------------------------------------------------------- upsert
+
+
+def upsert_frame(
+    engine: Engine, table_name: str, frame: pd.DataFrame, *, flow_run_id: str | None = None
+) -> UpsertResult:
+    """Write frame into table_name idempotently, whole or not at all.
+
+    Rows that fail the checks in tasks.validate are set aside in rejected_rows with their
+    reason, in the same transaction, and returned; the good rows of the batch still land.
+    Same frame twice: the second call inserts and updates nothing.
+    """
+    spec = schema.UPSERT_SPECS[table_name]
+    missing = [k for k in spec.key if k not in frame.columns]
+    if missing:
+        raise ValueError(f"{table_name}: frame lacks key column(s) {missing}")
+    columns = [c for c in spec.columns if c in frame.columns]
+    good, rejects = split_rejects(frame[columns], table_name, spec.key)
+    result = UpsertResult(table_name, rejected=rejects)
+    with engine.begin() as conn:
+        if rejects:
+            conn.execute(
+                schema.rejected_rows.insert(),
+                [
+                    {
+                        "table_name": table_name,
+                        "row_key": r.row_key,
+                        "reason": r.reason,
+                        "payload": r.payload,
+                        "flow_run_id": flow_run_id,
+                    }
+                    for r in rejects
+                ],
+            )
+        if not good.empty:
+            write = _upsert_postgres if conn.dialect.name == "postgresql" else _upsert_sqlite
+            result.inserted, result.updated, result.unchanged = write(conn, spec, columns, good)
+        conn.execute(
+            schema.ingest_batches.insert().values(
+                table_name=table_name,
+                flow_run_id=flow_run_id,
+                inserted=result.inserted,
+                updated=result.updated,
+                unchanged=result.unchanged,
+                rejected=len(rejects),
+            )
+        )
+    return result
+
+
+def _python_columns(frame: pd.DataFrame, spec: schema.UpsertSpec, columns: list[str]):
+    """Column arrays of plain Python values (None for missing) in the order of columns."""
+    out = []
+    for name in columns:
+        col_type = spec.table.c[name].type
+        series = frame[name]
+        if isinstance(col_type, sa.Date):
+            values = pd.to_datetime(series).dt.date.to_numpy(dtype=object)
+        elif isinstance(col_type, sa.Float):
+            arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
+            values = arr.astype(object)
+            values[np.isnan(arr)] = None
+        elif isinstance(col_type, sa.Integer):  # BigInteger is a subclass
+            arr = pd.to_numeric(series, errors="coerce")
+            values = np.array(
+                [None if pd.isna(v) else int(v) for v in arr.to_numpy()], dtype=object
+            )
+        else:
+            values = series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
+        out.append(values)
+    return out
+
+
+def _pg_type(column: sa.Column) -> str:
+    for sa_type, pg in _PG_TYPES.items():
+        if isinstance(column.type, sa_type):
+            return pg
+    raise TypeError(f"no COPY type for {column.table.name}.{column.name}: {column.type}")
+
+
+def copy_rows(cursor, table: str, columns: list[str], types: list[str], arrays) -> None:
+    """Binary COPY of column arrays into table through a psycopg cursor."""
+    cols = ", ".join(f'"{c}"' for c in columns)
+    with cursor.copy(f'COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)') as copy:
+        copy.set_types(types)
+        for row in zip(*arrays, strict=True):
+            copy.write_row(row)
+
+
+def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
+    table = spec.table.name
+    types = [_pg_type(spec.table.c[c]) for c in columns]
+    cursor = conn.connection.driver_connection.cursor()
+    direct = pd.Series(False, index=frame.index)
+    if spec.watermark:
+        entity, order = spec.watermark
+        marks = dict(
+            conn.execute(
+                sa.text(
+                    f"SELECT {entity}, max({order}) FROM {table} "
+                    f"WHERE {entity} = ANY(:ids) GROUP BY {entity}"
+                ),
+                {"ids": sorted(frame[entity].astype(str).unique())},
+            ).all()
+        )
+        # Rows past their entity's newest stored date cannot conflict: copy them straight in.
+        stored = frame[entity].map(marks)
+        ordered = pd.to_datetime(frame[order]).dt.date
+        direct = stored.isna() | (ordered > stored.where(stored.notna(), dt.date.min))
+    inserted = updated = 0
+    if direct.any():
+        rows = frame[direct]
+        copy_rows(cursor, table, columns, types, _python_columns(rows, spec, columns))
+        inserted += len(rows)
+    rest = frame[~direct]
+    if not rest.empty:
+        stage = f"_stage_{uuid.uuid4().hex[:12]}"
+        conn.exec_driver_sql(
+            f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
+            f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+        )
+        copy_rows(cursor, stage, columns, types, _python_columns(rest, spec, columns))
+        values = [c for c in columns if c not in spec.key]
+        key = ", ".join(spec.key)
+        join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+        if values:
+            t_vals = ", ".join(f"t.{v}" for v in values)
+            s_vals = ", ".join(f"s.{v}" for v in values)
+            x_vals = ", ".join(f"EXCLUDED.{v}" for v in values)
+            # Only rows that are new or differ reach the INSERT: an unchanged re-run is one
+            # hash join and no writes.
+            changed = f"t.{spec.key[0]} IS NULL OR ROW({t_vals}) IS DISTINCT FROM ROW({s_vals})"
+            on_conflict = (
+                f"DO UPDATE SET {', '.join(f'{v} = EXCLUDED.{v}' for v in values)}, "
+                f"ingested_at = now() WHERE ROW({t_vals}) IS DISTINCT FROM ROW({x_vals})"
+            )
+        else:
+            changed = f"t.{spec.key[0]} IS NULL"
+            on_conflict = "DO NOTHING"
+        counts = conn.exec_driver_sql(
+            f"WITH up AS (INSERT INTO {table} AS t ({', '.join(columns)}) "
+            f"SELECT s.{', s.'.join(columns)} FROM {stage} s LEFT JOIN {table} t ON {join} "
+            f"WHERE {changed} "
+            f"ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) "
+            f"SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up"
+        ).one()
+        inserted += counts[0]
+        updated += counts[1]
+    return inserted, updated, len(frame) - inserted - updated
+
+
+def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
+    table = spec.table.name
+    stage = sa.Table(
+        f"_stage_{uuid.uuid4().hex[:12]}",
+        sa.MetaData(),
+        *[sa.Column(c, spec.table.c[c].type) for c in columns],
+        prefixes=["TEMPORARY"],
+    )
+    stage.create(conn)
+    try:
+        arrays = _python_columns(frame, spec, columns)
+        conn.execute(stage.insert(), [dict(zip(columns, row)) for row in zip(*arrays)])
+        values = [c for c in columns if c not in spec.key]
+        join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+        differs = " OR ".join(f"t.{v} IS NOT s.{v}" for v in values) or "0"
+        new, changed = conn.exec_driver_sql(
+            f"SELECT coalesce(sum(t.{spec.key[0]} IS NULL), 0), "
+            f"coalesce(sum(t.{spec.key[0]} IS NOT NULL AND ({differs})), 0) "
+            f"FROM {stage.name} s LEFT JOIN {table} t ON {join}"
+        ).one()
+        if values:
+            excluded = " OR ".join(f"t.{v} IS NOT excluded.{v}" for v in values)
+            on_conflict = (
+                f"DO UPDATE SET {', '.join(f'{v} = excluded.{v}' for v in values)}, "
+                f"ingested_at = CURRENT_TIMESTAMP WHERE {excluded}"
+            )
+        else:
+            on_conflict = "DO NOTHING"
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} AS t ({', '.join(columns)}) "
+            f"SELECT {', '.join(columns)} FROM {stage.name} WHERE true "
+            f"ON CONFLICT ({', '.join(spec.key)}) {on_conflict}"
+        )
+    finally:
+        stage.drop(conn)
+    return int(new), int(changed), len(frame) - int(new) - int(changed)
+
+
+def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, dt.date]:
+    """The newest stored date per entity (symbol or series id) among ids."""
+    spec = schema.UPSERT_SPECS[table_name]
+    if not spec.watermark or not ids:
+        return {}
+    entity, order = spec.watermark
+    table = spec.table
+    query = (
+        sa.select(table.c[entity], sa.func.max(table.c[order]))
+        .where(table.c[entity].in_(ids))
+        .group_by(table.c[entity])
+    )
+    with engine.connect() as conn:
+        return {row[0]: row[1] for row in conn.execute(query)}

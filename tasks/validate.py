@@ -1,0 +1,90 @@
+"""Row checks run before any write: which rows of a batch are refused, and why."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+import pandas as pd
+
+SYMBOL_RE = re.compile(r"^[A-Z0-9.^=-]{1,20}$")
+PRICE_COLUMNS = ("open", "high", "low", "close")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """One refused row: its key, the reason, and the row itself."""
+
+    row_key: str
+    reason: str
+    payload: dict
+
+    def __str__(self) -> str:
+        return f"{self.row_key}: {self.reason}"
+
+
+def _jsonable(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalars
+        return value.item()
+    return value
+
+
+def _row_key(row: pd.Series, key: tuple[str, ...]) -> str:
+    return "/".join(str(_jsonable(row[k])) for k in key)
+
+
+def _reasons_for_prices(frame: pd.DataFrame) -> pd.Series:
+    """One reason per refused price row ('' where the row is fine)."""
+    reasons = pd.Series("", index=frame.index, dtype=object)
+
+    def mark(mask: pd.Series, why: str) -> None:
+        mask = mask.fillna(False).astype(bool) & (reasons == "")
+        reasons[mask] = why
+
+    symbols = frame["symbol"].astype(str)
+    mark(~symbols.map(lambda s: bool(SYMBOL_RE.match(s))), "symbol outside [A-Z0-9.^=-]{1,20}")
+    prices = frame[[c for c in PRICE_COLUMNS if c in frame.columns]].apply(
+        pd.to_numeric, errors="coerce"
+    )
+    mark(prices.isna().any(axis=1), "missing (NaN) price")
+    mark((prices < 0).any(axis=1), "negative price")
+    if "adj_close" in frame.columns:
+        mark(pd.to_numeric(frame["adj_close"], errors="coerce") < 0, "negative price")
+    if {"high", "low"} <= set(prices.columns):
+        mark(prices["high"] < prices["low"], "high < low")
+    if "volume" in frame.columns:
+        mark(pd.to_numeric(frame["volume"], errors="coerce") < 0, "negative volume")
+    return reasons
+
+
+TABLE_CHECKS = {"daily_prices": _reasons_for_prices}
+
+
+def split_rejects(
+    frame: pd.DataFrame, table_name: str, key: tuple[str, ...]
+) -> tuple[pd.DataFrame, list[Rejected]]:
+    """Return the rows fit to write and the refused ones with their reasons."""
+    if frame.empty:
+        return frame, []
+    check = TABLE_CHECKS.get(table_name)
+    reasons = check(frame) if check else pd.Series("", index=frame.index, dtype=object)
+    missing_key = frame[list(key)].isna().any(axis=1) & (reasons == "")
+    reasons[missing_key] = "missing key value"
+    # Every copy of a key is refused: the batch does not say which one is right.
+    duplicated = frame.duplicated(list(key), keep=False) & (reasons == "")
+    reasons[duplicated] = "duplicate key within the batch"
+    bad = reasons != ""
+    rejects = [
+        Rejected(
+            row_key=_row_key(row, key),
+            reason=reasons[idx],
+            payload={c: _jsonable(row[c]) for c in frame.columns},
+        )
+        for idx, row in frame[bad].iterrows()
+    ]
+    return frame[~bad], rejects

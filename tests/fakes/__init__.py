@@ -1,0 +1,1 @@
+"""Local stand-ins for the internet services investflow talks to."""

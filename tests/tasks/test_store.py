@@ -1,0 +1,146 @@
+"""The market store: migrations and the idempotent upsert, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from tasks.schema import daily_prices, ingest_batches, rejected_rows
+from tasks.store import migrate, upsert_frame
+
+pytestmark = pytest.mark.integration
+
+
+def prices(symbols=("AAPL", "MSFT"), days=5, start=dt.date(2024, 1, 2), bump=0.0):
+    rows = []
+    for s_i, symbol in enumerate(symbols):
+        for d in range(days):
+            base = 100.0 + 10 * s_i + d + bump
+            rows.append(
+                dict(symbol=symbol, trade_date=start + dt.timedelta(days=d), open=base,
+                     high=base + 2, low=base - 2, close=base + 1, adj_close=base + 0.5,
+                     volume=1000 + d, currency="USD", source="yahoo")
+            )
+    return pd.DataFrame(rows)
+
+
+def stored(engine) -> pd.DataFrame:
+    with engine.connect() as conn:
+        return pd.DataFrame(
+            conn.execute(sa.select(daily_prices).order_by("symbol", "trade_date")).mappings()
+        )
+
+
+def test_migrations_from_empty_and_again_are_safe(pg_admin_url):
+    from tests.conftest import create_database, drop_database
+
+    url = create_database(pg_admin_url)
+    try:
+        migrate(url)
+        migrate(url)  # a second upgrade on an existing database changes nothing
+        engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+        with engine.connect() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        engine.dispose()
+        assert {"daily_prices", "macro_observations", "backup_catalog", "predictions"} <= tables
+        assert version == "0002"
+    finally:
+        drop_database(url)
+
+
+def test_same_frame_twice_changes_nothing(store):
+    first = upsert_frame(store, "daily_prices", prices())
+    second = upsert_frame(store, "daily_prices", prices())
+    assert (first.inserted, first.updated, first.unchanged) == (10, 0, 0)
+    assert (second.inserted, second.updated, second.unchanged) == (0, 0, 10)
+    assert len(stored(store)) == 10
+
+
+def test_changed_values_are_updated_and_only_those(store):
+    upsert_frame(store, "daily_prices", prices())
+    frame = prices()
+    frame.loc[3, "close"] = 999.0
+    frame.loc[7, "volume"] = 1
+    result = upsert_frame(store, "daily_prices", frame)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 2, 8)
+    table = stored(store).set_index(["symbol", "trade_date"])
+    assert table.loc[("AAPL", dt.date(2024, 1, 5)), "close"] == 999.0
+    assert table.loc[("MSFT", dt.date(2024, 1, 4)), "volume"] == 1
+
+
+def test_overlapping_batch_inserts_new_and_updates_changed(store):
+    upsert_frame(store, "daily_prices", prices(days=5))
+    # Seven days from the same start: two days new, the last stored day revised.
+    frame = prices(days=7)
+    frame.loc[frame.trade_date == dt.date(2024, 1, 6), "adj_close"] = 1.0
+    result = upsert_frame(store, "daily_prices", frame)
+    assert (result.inserted, result.updated, result.unchanged) == (4, 2, 8)
+    assert len(stored(store)) == 14
+
+
+def test_bad_rows_are_set_aside_with_reasons_and_good_rows_land(store):
+    frame = prices(days=3)
+    bad = pd.DataFrame(
+        [
+            dict(frame.iloc[0], symbol="TSLA", close=float("nan")),
+            dict(frame.iloc[0], symbol="NVDA", low=-1.0),
+            dict(frame.iloc[0], symbol="AMD", high=1.0, low=5.0),
+            dict(frame.iloc[0], symbol="bad symbol!"),
+            dict(frame.iloc[0], symbol="DUP"),
+            dict(frame.iloc[0], symbol="DUP", close=50.0),
+        ]
+    )
+    result = upsert_frame(store, "daily_prices", pd.concat([frame, bad], ignore_index=True))
+    assert result.inserted == 6
+    reasons = {r.row_key.split("/")[0]: r.reason for r in result.rejected}
+    assert reasons == {
+        "TSLA": "missing (NaN) price",
+        "NVDA": "negative price",
+        "AMD": "high < low",
+        "bad symbol!": "symbol outside [A-Z0-9.^=-]{1,20}",
+        "DUP": "duplicate key within the batch",
+    }
+    assert len(result.rejected) == 6
+    assert set(stored(store).symbol) == {"AAPL", "MSFT"}
+    with store.connect() as conn:
+        kept = conn.execute(sa.select(rejected_rows.c.row_key, rejected_rows.c.reason)).all()
+    assert ("TSLA/2024-01-02", "missing (NaN) price") in kept
+    assert len(kept) == 6
+
+
+def test_failure_in_the_middle_rolls_back_the_whole_batch(store):
+    upsert_frame(store, "daily_prices", prices(days=2))
+    before = stored(store)
+    frame = prices(days=4, bump=5.0)  # updates two stored days, adds two
+    frame.loc[5, "source"] = None  # NOT NULL violation in the middle of the batch
+    with pytest.raises(sa.exc.IntegrityError):
+        upsert_frame(store, "daily_prices", frame)
+    after = stored(store)
+    pd.testing.assert_frame_equal(before, after)
+    with store.connect() as conn:
+        batches = conn.execute(sa.select(sa.func.count()).select_from(ingest_batches)).scalar()
+    assert batches == 1  # only the first, successful batch left a lineage row
+
+
+def test_nan_adj_close_is_stored_as_null_not_refused(store):
+    frame = prices(symbols=("005930.KS",), days=1)
+    frame["adj_close"] = float("nan")
+    frame["currency"] = "KRW"
+    result = upsert_frame(store, "daily_prices", frame)
+    assert result.inserted == 1 and not result.rejected
+    assert stored(store).adj_close.isna().all()
+
+
+def test_other_tables_upsert_by_their_key(store):
+    obs = pd.DataFrame(
+        {"series_id": ["CPIAUCSL"] * 2, "obs_date": [dt.date(2024, 1, 1), dt.date(2024, 2, 1)],
+         "value": [310.3, None], "realtime_start": [dt.date(2024, 3, 12)] * 2}
+    )
+    assert upsert_frame(store, "macro_observations", obs).inserted == 2
+    obs.loc[1, "value"] = 311.0  # a '.' later filled by a revision
+    result = upsert_frame(store, "macro_observations", obs)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
