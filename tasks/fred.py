@@ -1,0 +1,334 @@
+"""FRED through fredapi: a client with timeouts, retries and a shared rate limit; pure parsers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.client
+import logging
+import random
+import re
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Mapping
+from urllib.error import HTTPError
+from urllib.request import urlopen
+
+import pandas as pd
+import sqlalchemy as sa
+from fredapi import Fred
+from pydantic import SecretStr
+
+from tasks.schema import macro_vintages
+from tasks.settings import MissingSetting
+
+DEFAULT_SERIES = (
+    "DGS10", "DGS2", "T10Y2Y", "FEDFUNDS", "DFF", "CPIAUCSL", "CPILFESL", "UNRATE", "PAYEMS",
+    "VIXCLS", "DTWEXBGS", "DCOILWTICO", "T10YIE", "DEXKOUS",
+)  # fmt: skip
+SECRET_BLOCK = "fred-api-key"
+MAX_VINTAGES = 2000  # FRED refuses a real-time period holding more vintage dates than this
+LATEST_REALTIME = dt.date(9999, 12, 31)
+SERIES_ID_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
+_KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"<>()]*", re.IGNORECASE)
+
+
+class FredError(RuntimeError):
+    """FRED refused or could not answer a request; the message is FRED's own, scrubbed."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class FredKeyError(FredError):
+    """FRED refused the API key: every series would fail the same way."""
+
+
+def scrub(text: object, *secrets: str | None) -> str:
+    """Text with every api_key=... and every given secret replaced by ***."""
+    text = _KEY_IN_URL.sub(r"\1***", str(text))
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ the client
+
+
+def resolve_api_key(settings) -> SecretStr:
+    """The key from the Secret block 'fred-api-key', else INVESTFLOW_FRED_API_KEY."""
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(SECRET_BLOCK).get()
+    except ValueError:  # no such block: fall back to the setting
+        value = None
+    if value:
+        return SecretStr(str(value))
+    if settings.fred_api_key is not None and settings.fred_api_key.get_secret_value():
+        return settings.fred_api_key
+    raise MissingSetting(
+        f"No FRED API key: create a Prefect Secret block named '{SECRET_BLOCK}' or set "
+        "INVESTFLOW_FRED_API_KEY (environment or .env)"
+    )
+
+
+def backoff_delay(
+    attempt: int,
+    base_s: float,
+    cap_s: float,
+    retry_after: str | None = None,
+    rand: Callable[[], float] = random.random,
+) -> float:
+    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
+    delay = min(cap_s, base_s * 2**attempt) + base_s * rand()
+    if retry_after and retry_after.strip().isdigit():
+        delay = max(delay, min(cap_s, float(retry_after)))
+    return delay
+
+
+def error_message(body: bytes) -> str | None:
+    """FRED's message from an error body (<error code=".." message=".."/>), if it has one."""
+    try:
+        return ET.fromstring(body).get("message")
+    except ET.ParseError:
+        return None
+
+
+class TimedFred(Fred):
+    """fredapi's Fred with a timeout, retries with backoff and a polite wait on every request."""
+
+    def __init__(
+        self,
+        api_key: SecretStr,
+        base_url: str,
+        timeout_s: float,
+        *,
+        retries: int = 4,
+        backoff_s: float = 2.0,
+        max_backoff_s: float = 60.0,
+        before_request: Callable[[], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(api_key=api_key.get_secret_value())
+        self.root_url = base_url.rstrip("/") + "/fred"
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.before_request = before_request or (lambda: None)
+        self.sleep = sleep
+
+    def __repr__(self) -> str:  # the object holds the key: never show it
+        return f"TimedFred(root_url={self.root_url!r})"
+
+    # fredapi sends every call through its private __fetch_data (name-mangled), which has no
+    # timeout and no retries; overriding it here covers all of fredapi's public methods.
+    def _Fred__fetch_data(self, url: str) -> ET.Element:
+        where = scrub(url.removeprefix(self.root_url), self.api_key)
+        for attempt in range(self.retries + 1):
+            self.before_request()
+            retry_after = None
+            try:
+                with urlopen(url + "&api_key=" + self.api_key, timeout=self.timeout_s) as resp:
+                    body = resp.read()
+            except HTTPError as exc:
+                message = scrub(
+                    error_message(exc.read()) or f"HTTP {exc.code} {exc.reason}", self.api_key
+                )
+                if exc.code in (401, 403) or (exc.code == 400 and "api_key" in message):
+                    raise FredKeyError(f"FRED refused the API key: {message}", exc.code) from None
+                if exc.code != 429 and exc.code < 500:
+                    raise FredError(message, exc.code) from None
+                why, retry_after = f"HTTP {exc.code} ({message})", exc.headers.get("Retry-After")
+            except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, refusals
+                why = scrub(f"{type(exc).__name__}: {exc}", self.api_key)
+            else:
+                try:
+                    return ET.fromstring(body)
+                except ET.ParseError:
+                    raise FredError(f"FRED answered {where} with unreadable XML") from None
+            if attempt == self.retries:
+                raise FredError(f"FRED {where} failed after {attempt + 1} attempts: {why}")
+            delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after)
+            _logger().warning(
+                "FRED %s: %s; retry %d/%d in %.1f s", where, why, attempt + 1, self.retries, delay
+            )
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+
+def build_client(settings, api_key: SecretStr, **options) -> TimedFred:
+    """A client for this run: endpoint and timeout from settings, FRED's shared rate limit."""
+    from tasks.limits import polite
+
+    options.setdefault("before_request", lambda: polite("fred"))
+    return TimedFred(api_key, settings.fred_base_url, settings.http_timeout_s, **options)
+
+
+# ------------------------------------------------------------------- pure parse functions
+
+
+def clean_series_ids(series: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Upper-cased unique ids in order, and the ones that cannot be FRED ids."""
+    good, bad = [], []
+    for raw in series:
+        sid = str(raw).strip().upper()
+        target = good if SERIES_ID_RE.match(sid) else bad
+        if sid not in target:
+            target.append(sid if target is good else str(raw))
+    return good, bad
+
+
+def fetch_start(newest_stored: dt.date | None, first: dt.date, window_days: int) -> dt.date:
+    """Where to ask from: the revision window before the newest stored date, else first."""
+    if newest_stored is None:
+        return first
+    return max(first, newest_stored - dt.timedelta(days=window_days))
+
+
+def _day(value) -> dt.date | None:
+    return None if value in (None, "") else pd.Timestamp(value).date()
+
+
+def parse_series_info(series_id: str, info: Mapping[str, str]) -> dict:
+    """One macro_series row from FRED's series attributes."""
+    updated = info.get("last_updated")
+    return {
+        "series_id": series_id,
+        "title": info.get("title"),
+        "frequency": info.get("frequency"),
+        "units": info.get("units"),
+        "seasonal_adjustment": info.get("seasonal_adjustment"),
+        # FRED writes '2024-01-11 07:46:02-06': keep the instant, in UTC.
+        "last_updated": pd.Timestamp(updated).tz_convert("UTC").to_pydatetime()
+        if updated
+        else None,
+        "observation_start": _day(info.get("observation_start")),
+        "observation_end": _day(info.get("observation_end")),
+    }
+
+
+def observations_frame(series_id: str, values: pd.Series) -> pd.DataFrame:
+    """macro_observations rows from fredapi's date->value Series; '.' (NaN) stays as NULL."""
+    frame = pd.DataFrame(
+        {
+            "series_id": series_id,
+            "obs_date": pd.to_datetime(pd.Index(values.index)).date,
+            "value": pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64"),
+        }
+    )
+    return frame.sort_values("obs_date", ignore_index=True)
+
+
+def vintage_windows(vintage_dates: Iterable, since: dt.date, limit: int = MAX_VINTAGES):
+    """Real-time periods from since onward, each holding at most limit vintage dates."""
+    dates = sorted({_day(d) for d in vintage_dates if _day(d) >= since})
+    windows = []
+    for i in range(0, len(dates), limit):
+        start = since if i == 0 else dates[i]
+        end = dates[i + limit] - dt.timedelta(days=1) if i + limit < len(dates) else LATEST_REALTIME
+        windows.append((start, end))
+    return windows
+
+
+VINTAGE_COLUMNS = ["series_id", "obs_date", "realtime_start", "value"]
+
+
+def vintages_frame(series_id: str, releases: pd.DataFrame, since: dt.date) -> pd.DataFrame:
+    """macro_vintages rows from fredapi's all-releases frame, for observations from since."""
+    if releases.empty:
+        return pd.DataFrame(columns=VINTAGE_COLUMNS)
+    frame = pd.DataFrame(
+        {
+            "series_id": series_id,
+            "obs_date": pd.to_datetime(releases["date"]).dt.date,
+            "realtime_start": pd.to_datetime(releases["realtime_start"]).dt.date,
+            "value": pd.to_numeric(releases["value"], errors="coerce").astype("float64"),
+        }
+    )
+    return frame[frame["obs_date"] >= since].reset_index(drop=True)
+
+
+def revision_history(fetched: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    """One row per value each observation has had: where it began, and what it was.
+
+    Real-time periods clip realtime_start to their own start, so a value seen in two windows
+    (or two runs) shows up twice; only the row where the value changed is a vintage.
+    """
+    rows = pd.concat([f for f in (stored, fetched) if not f.empty] or [fetched])
+    if rows.empty:
+        return pd.DataFrame(columns=VINTAGE_COLUMNS)
+    rows = rows[VINTAGE_COLUMNS].drop_duplicates(["obs_date", "realtime_start"], keep="last")
+    rows = rows.sort_values(["obs_date", "realtime_start"], ignore_index=True)
+    value = rows["value"].astype("float64")
+    previous = value.groupby(rows["obs_date"]).shift()
+    first = rows["obs_date"].ne(rows["obs_date"].shift())
+    same = (value == previous) | (value.isna() & previous.isna())
+    return rows[first | ~same].reset_index(drop=True)
+
+
+def new_vintages(history: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    """The history rows not stored yet."""
+    if stored.empty or history.empty:
+        return history
+    known = set(zip(stored["obs_date"], stored["realtime_start"], strict=True))
+    keys = zip(history["obs_date"], history["realtime_start"], strict=True)
+    return history[[k not in known for k in keys]].reset_index(drop=True)
+
+
+def with_realtime_start(observations: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
+    """Observations with the date their current value was published (from the history)."""
+    latest = history.groupby("obs_date")["realtime_start"].max() if not history.empty else {}
+    out = observations.copy()
+    out["realtime_start"] = out["obs_date"].map(latest)
+    return out
+
+
+# --------------------------------------------------------------------------- thin I/O
+
+
+def fetch_info(client: Fred, series_id: str) -> dict:
+    """Series metadata as a macro_series row."""
+    return parse_series_info(series_id, client.get_series_info(series_id).to_dict())
+
+
+def fetch_observations(client: Fred, series_id: str, since: dt.date) -> pd.DataFrame:
+    """Current observations from since onward."""
+    return observations_frame(series_id, client.get_series(series_id, observation_start=since))
+
+
+def fetch_vintages(client: Fred, series_id: str, since: dt.date) -> pd.DataFrame:
+    """Every value observations from since have had, in windows under FRED's vintage limit."""
+    windows = vintage_windows(client.get_series_vintage_dates(series_id), since)
+    frames = [
+        vintages_frame(
+            series_id,
+            client.get_series_all_releases(series_id, start.isoformat(), end.isoformat()),
+            since,
+        )
+        for start, end in windows
+    ]
+    frames = [f for f in frames if not f.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=VINTAGE_COLUMNS)
+
+
+def read_vintages(engine: sa.Engine, series_id: str, since: dt.date) -> pd.DataFrame:
+    """The stored revision history of observations from since."""
+    query = sa.select(*(macro_vintages.c[c] for c in VINTAGE_COLUMNS)).where(
+        macro_vintages.c.series_id == series_id, macro_vintages.c.obs_date >= since
+    )
+    with engine.connect() as conn:
+        rows = conn.execute(query).all()
+    return pd.DataFrame(rows, columns=VINTAGE_COLUMNS)
