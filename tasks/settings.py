@@ -34,6 +34,20 @@ class Settings(BaseSettings):
     ui_url: str = "http://127.0.0.1:4200"
     model_dir: Path = PROJECT_ROOT / "data" / "models"
     http_timeout_s: float = 30.0
+    # Backups: comma-separated PostgreSQL URLs (secret: they may carry passwords); unset means
+    # the market store when it is PostgreSQL. Redis may carry a password too.
+    backup_database_urls: SecretStr | None = None
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+
+    # Routes (work pools): where the real pools send work. See deployments/pools.py.
+    aws_region: str = "ap-northeast-2"
+    ecs_cluster: str = "investflow"
+    ecs_subnets: list[str] = []
+    ecs_security_groups: list[str] = []
+    ecs_execution_role_arn: str | None = None
+    ecs_log_group: str = "/investflow/flows"
+    cpu_image: str = "ghcr.io/investflow/investflow-cpu:latest"
+    gpu_image: str = "ghcr.io/investflow/investflow-gpu:latest"
 
     def require(self, name: str) -> str:
         """Return a secret's plain value, or fail naming the setting that is missing."""

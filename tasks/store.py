@@ -17,6 +17,7 @@ from tasks import schema
 from tasks.validate import Rejected, split_rejects
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+COPY_SLICE = 50_000
 
 # The PostgreSQL binary COPY type of each column type we use.
 _PG_TYPES = {
@@ -118,7 +119,7 @@ def upsert_frame(
     if missing:
         raise ValueError(f"{table_name}: frame lacks key column(s) {missing}")
     columns = [c for c in spec.columns if c in frame.columns]
-    good, rejects = split_rejects(frame[columns], table_name, spec.key)
+    good, rejects = split_rejects(frame, table_name, spec.key)
     result = UpsertResult(table_name, rejected=rejects)
     with engine.begin() as conn:
         if rejects:
@@ -181,18 +182,24 @@ def _pg_type(column: sa.Column) -> str:
     raise TypeError(f"no COPY type for {column.table.name}.{column.name}: {column.type}")
 
 
-def copy_rows(cursor, table: str, columns: list[str], types: list[str], arrays) -> None:
-    """Binary COPY of column arrays into table through a psycopg cursor."""
+def copy_frame(cursor, table: str, spec, columns: list[str], frame: pd.DataFrame) -> None:
+    """Binary COPY of frame into table through a psycopg cursor, converted in slices.
+
+    Slicing keeps the Python objects of only COPY_SLICE rows alive at a time, so memory stays
+    flat however large the batch.
+    """
+    types = [_pg_type(spec.table.c[c]) for c in columns]
     cols = ", ".join(f'"{c}"' for c in columns)
-    with cursor.copy(f'COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)') as copy:
+    with cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.set_types(types)
-        for row in zip(*arrays, strict=True):
-            copy.write_row(row)
+        for start in range(0, len(frame), COPY_SLICE):
+            arrays = _python_columns(frame.iloc[start : start + COPY_SLICE], spec, columns)
+            for row in zip(*arrays, strict=True):
+                copy.write_row(row)
 
 
 def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
     table = spec.table.name
-    types = [_pg_type(spec.table.c[c]) for c in columns]
     cursor = conn.connection.driver_connection.cursor()
     direct = pd.Series(False, index=frame.index)
     if spec.watermark:
@@ -207,22 +214,21 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
             ).all()
         )
         # Rows past their entity's newest stored date cannot conflict: copy them straight in.
-        stored = frame[entity].map(marks)
-        ordered = pd.to_datetime(frame[order]).dt.date
-        direct = stored.isna() | (ordered > stored.where(stored.notna(), dt.date.min))
+        stored = pd.to_datetime(frame[entity].map(marks))
+        direct = stored.isna() | (pd.to_datetime(frame[order]) > stored)
     inserted = updated = 0
     if direct.any():
-        rows = frame[direct]
-        copy_rows(cursor, table, columns, types, _python_columns(rows, spec, columns))
+        rows = frame if direct.all() else frame[direct]
+        copy_frame(cursor, table, spec, columns, rows)
         inserted += len(rows)
-    rest = frame[~direct]
-    if not rest.empty:
+    if not direct.all():
+        rest = frame if not direct.any() else frame[~direct]
         stage = f"_stage_{uuid.uuid4().hex[:12]}"
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
             f"SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
         )
-        copy_rows(cursor, stage, columns, types, _python_columns(rest, spec, columns))
+        copy_frame(cursor, stage, spec, columns, rest)
         values = [c for c in columns if c not in spec.key]
         key = ", ".join(spec.key)
         join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)

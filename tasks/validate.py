@@ -46,8 +46,10 @@ def _reasons_for_prices(frame: pd.DataFrame) -> pd.Series:
         mask = mask.fillna(False).astype(bool) & (reasons == "")
         reasons[mask] = why
 
-    symbols = frame["symbol"].astype(str)
-    mark(~symbols.map(lambda s: bool(SYMBOL_RE.match(s))), "symbol outside [A-Z0-9.^=-]{1,20}")
+    # Check each distinct symbol once: a batch has few symbols and many rows.
+    symbols = frame["symbol"]
+    bad_symbols = [s for s in symbols.unique() if not SYMBOL_RE.match(str(s))]
+    mark(symbols.isin(bad_symbols), "symbol outside [A-Z0-9.^=-]{1,20}")
     prices = frame[[c for c in PRICE_COLUMNS if c in frame.columns]].apply(
         pd.to_numeric, errors="coerce"
     )
@@ -79,6 +81,8 @@ def split_rejects(
     duplicated = frame.duplicated(list(key), keep=False) & (reasons == "")
     reasons[duplicated] = "duplicate key within the batch"
     bad = reasons != ""
+    if not bad.any():
+        return frame, []  # no copy of a clean batch
     rejects = [
         Rejected(
             row_key=_row_key(row, key),

@@ -57,9 +57,20 @@ def prefect_server():
     """One real `prefect server start` for the whole session (it takes 10-15 s here)."""
     log = open(_PREFECT_HOME / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(_PREFECT_PORT)],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(_PREFECT_PORT),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
     )
     health = f"http://127.0.0.1:{_PREFECT_PORT}/api/health"
     deadline = time.time() + 90

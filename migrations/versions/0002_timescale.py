@@ -48,8 +48,7 @@ def upgrade() -> None:
         )
         # Recent rows are still revised (price lookback, FRED revisions): compress older ones.
         op.execute(
-            f"SELECT add_compression_policy('{table}', INTERVAL '180 days', "
-            f"if_not_exists => true)"
+            f"SELECT add_compression_policy('{table}', INTERVAL '180 days', if_not_exists => true)"
         )
 
 

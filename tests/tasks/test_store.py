@@ -20,9 +20,18 @@ def prices(symbols=("AAPL", "MSFT"), days=5, start=dt.date(2024, 1, 2), bump=0.0
         for d in range(days):
             base = 100.0 + 10 * s_i + d + bump
             rows.append(
-                dict(symbol=symbol, trade_date=start + dt.timedelta(days=d), open=base,
-                     high=base + 2, low=base - 2, close=base + 1, adj_close=base + 0.5,
-                     volume=1000 + d, currency="USD", source="yahoo")
+                dict(
+                    symbol=symbol,
+                    trade_date=start + dt.timedelta(days=d),
+                    open=base,
+                    high=base + 2,
+                    low=base - 2,
+                    close=base + 1,
+                    adj_close=base + 0.5,
+                    volume=1000 + d,
+                    currency="USD",
+                    source="yahoo",
+                )
             )
     return pd.DataFrame(rows)
 
@@ -137,8 +146,12 @@ def test_nan_adj_close_is_stored_as_null_not_refused(store):
 
 def test_other_tables_upsert_by_their_key(store):
     obs = pd.DataFrame(
-        {"series_id": ["CPIAUCSL"] * 2, "obs_date": [dt.date(2024, 1, 1), dt.date(2024, 2, 1)],
-         "value": [310.3, None], "realtime_start": [dt.date(2024, 3, 12)] * 2}
+        {
+            "series_id": ["CPIAUCSL"] * 2,
+            "obs_date": [dt.date(2024, 1, 1), dt.date(2024, 2, 1)],
+            "value": [310.3, None],
+            "realtime_start": [dt.date(2024, 3, 12)] * 2,
+        }
     )
     assert upsert_frame(store, "macro_observations", obs).inserted == 2
     obs.loc[1, "value"] = 311.0  # a '.' later filled by a revision

@@ -1,0 +1,110 @@
+"""Apply the system to a Prefect server idempotently: store, limits, pools, blocks, automations.
+
+    python -m deployments.bootstrap [--local] all | migrate | limits | pools | blocks |
+                                    automations | pool-names
+
+--local makes every pool a process pool, so local workers serve them all (`make up`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+from prefect.exceptions import ObjectNotFound
+
+from deployments.pools import POOL_NAMES, POOLS, base_job_template
+from tasks.settings import get_settings
+
+
+def apply_pools(*, local: bool) -> None:
+    """Create each pool, or bring an existing one's template and description up to date."""
+    settings = get_settings()
+    with get_client(sync_client=True) as client:
+        for pool in POOLS:
+            template = base_job_template(pool, settings, local=local)
+            kind = "process" if local else pool.type
+            description = f"{pool.description} Budget: {pool.budget}."
+            try:
+                existing = client.read_work_pool(pool.name)
+            except ObjectNotFound:
+                existing = None
+            if existing is None:
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=pool.name,
+                        type=kind,
+                        base_job_template=template,
+                        description=description,
+                    )
+                )
+                print(f"  work pool {pool.name} ({kind}): created")
+            elif existing.type != kind:
+                raise SystemExit(
+                    f"work pool {pool.name} exists with type {existing.type}, not {kind}: "
+                    f"delete it (prefect work-pool delete {pool.name}) to change its type"
+                )
+            elif (existing.base_job_template, existing.description) != (template, description):
+                client.update_work_pool(
+                    pool.name,
+                    WorkPoolUpdate(base_job_template=template, description=description),
+                )
+                print(f"  work pool {pool.name} ({kind}): updated")
+            else:
+                print(f"  work pool {pool.name} ({kind}): unchanged")
+
+
+def migrate_store() -> None:
+    from tasks.store import migrate
+
+    migrate(get_settings().database_url.get_secret_value())
+    print("  market store: at the newest migration")
+
+
+def apply_limits() -> None:
+    from tasks.limits import RATE_LIMITS, ensure_rate_limits
+
+    ensure_rate_limits()
+    print(f"  rate limits: {', '.join(RATE_LIMITS)}")
+
+
+def apply_blocks() -> None:
+    from blocks.register import register_blocks
+
+    for line in register_blocks():
+        print(f"  {line}")
+
+
+def apply_automations() -> None:
+    from deployments.automations import apply_automations as apply
+
+    for line in apply():
+        print(f"  {line}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deployments.bootstrap")
+    parser.add_argument("--local", action="store_true", help="every pool as a process pool")
+    parser.add_argument(
+        "step",
+        choices=["all", "migrate", "limits", "pools", "blocks", "automations", "pool-names"],
+    )
+    args = parser.parse_args(argv)
+    if args.step == "pool-names":
+        print("\n".join(POOL_NAMES))
+        return
+    steps = {
+        "migrate": migrate_store,
+        "limits": apply_limits,
+        "pools": lambda: apply_pools(local=args.local),
+        "blocks": apply_blocks,
+        "automations": apply_automations,
+    }
+    for name, step in steps.items():
+        if args.step in ("all", name):
+            step()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""The work pools (routes) as code: each pool's type, budget and base job template."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from tasks.settings import Settings
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    type: str  # the real worker type; `make up` serves every pool with a process worker
+    budget: str
+    description: str
+
+
+POOLS = (
+    Pool(
+        "fargate",
+        "ecs",
+        "0.25 vCPU / 512 MB per ingestion task; 1 vCPU / 2 GB CPU inference",
+        "AWS ECS Fargate (ap-northeast-2), FARGATE_SPOT first: price and macro ingestion, "
+        "and predict-returns on CPU when the desktop is away.",
+    ),
+    Pool(
+        "gpu-desktop",
+        "docker",
+        "RTX 4060 Ti, 8 GB GPU memory",
+        "Home desktop behind NAT, often asleep; its worker only pulls: train-model and "
+        "predict-returns on CUDA.",
+    ),
+    Pool(
+        "oracle-osaka",
+        "process",
+        "a job must stay under ~200 MB",
+        "Oracle 1 (Osaka), the data node beside TimescaleDB and Redis: backups and their "
+        "verification.",
+    ),
+    Pool(
+        "oracle-chuncheon",
+        "process",
+        "under ~400 MB",
+        "Oracle 2 (Chuncheon), 1 GB edge node: the A1 launch retry and failure alerts.",
+    ),
+    Pool(
+        "oracle-mumbai",
+        "process",
+        "under ~400 MB",
+        "Oracle 3 (Mumbai), 1 GB edge node: standby for the light jobs.",
+    ),
+)
+POOL_NAMES = tuple(p.name for p in POOLS)
+
+# Task sizes on Fargate: what ingestion needs, and the CPU inference fallback.
+FARGATE_INGEST = {"cpu": 256, "memory": 512}
+FARGATE_INFERENCE = {"cpu": 1024, "memory": 2048}
+# Spot first; FARGATE (on demand) takes a share so a run still lands when Spot is scarce.
+CAPACITY_PROVIDER_STRATEGY = [
+    {"capacityProvider": "FARGATE_SPOT", "weight": 4, "base": 0},
+    {"capacityProvider": "FARGATE", "weight": 1, "base": 0},
+]
+
+
+def _set_defaults(template: dict, defaults: dict) -> dict:
+    template = copy.deepcopy(template)
+    props = template["variables"]["properties"]
+    for key, value in defaults.items():
+        props[key]["default"] = value
+    return template
+
+
+def ecs_template(settings: Settings) -> dict:
+    """The fargate pool: the ECS worker's template with our cluster, network and sizes."""
+    from prefect_aws.workers.ecs_worker import ECSWorker
+
+    return _set_defaults(
+        ECSWorker.get_default_base_job_template(),
+        {
+            "cluster": settings.ecs_cluster,
+            "image": settings.cpu_image,
+            "capacity_provider_strategy": CAPACITY_PROVIDER_STRATEGY,
+            "cpu": FARGATE_INGEST["cpu"],
+            "memory": FARGATE_INGEST["memory"],
+            "execution_role_arn": settings.ecs_execution_role_arn,
+            "network_configuration": {
+                "awsvpcConfiguration": {
+                    "subnets": settings.ecs_subnets,
+                    "securityGroups": settings.ecs_security_groups,
+                    "assignPublicIp": "ENABLED",
+                }
+            },
+            "configure_cloudwatch_logs": True,
+            "cloudwatch_logs_options": {
+                "awslogs-group": settings.ecs_log_group,
+                "awslogs-region": settings.aws_region,
+                "awslogs-create-group": "true",
+            },
+            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow"},
+        },
+    )
+
+
+def docker_template(settings: Settings) -> dict:
+    """The gpu-desktop pool: the CUDA image, with every GPU handed to the container."""
+    from prefect_docker.worker import DockerWorker
+
+    return _set_defaults(
+        DockerWorker.get_default_base_job_template(),
+        {
+            "image": settings.gpu_image,
+            "image_pull_policy": "IfNotPresent",
+            "auto_remove": True,
+            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow"},
+            # docker-py's DeviceRequest as a dict: the equivalent of `docker run --gpus all`.
+            "container_create_kwargs": {
+                "device_requests": [{"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}]
+            },
+        },
+    )
+
+
+def process_template() -> dict:
+    from prefect.workers.process import ProcessWorker
+
+    return ProcessWorker.get_default_base_job_template()
+
+
+def base_job_template(pool: Pool, settings: Settings, *, local: bool) -> dict:
+    if local or pool.type == "process":
+        return process_template()
+    if pool.type == "ecs":
+        return ecs_template(settings)
+    return docker_template(settings)
