@@ -1,0 +1,178 @@
+"""Alerts to the team's channel (Discord, Slack or any JSON webhook): redacted and rate-limited."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+
+from tasks.settings import Settings, get_settings
+
+BLOCK_NAME = "investflow-alerts"
+MAX_CHARS = 1900  # Discord rejects message content over 2000 characters
+
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S)
+
+
+class AlertLimiter:
+    """Let one alert per key through every `interval_s` and at most `per_minute` overall.
+
+    Held-back alerts are counted, and the next alert of that key says how many were folded in,
+    so a week-long run reports its state without flooding the channel.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 300.0,
+        per_minute: int = 10,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.interval_s = interval_s
+        self.per_minute = per_minute
+        self.clock = clock or time.monotonic
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+        self._recent: list[float] = []
+        self._lock = threading.Lock()
+
+    def admit(self, key: str, urgent: bool = False) -> tuple[bool, int]:
+        """Return (send now?, how many alerts of this key were held back before it)."""
+        now = self.clock()
+        with self._lock:
+            self._recent = [t for t in self._recent if now - t < 60.0]
+            too_soon = now - self._last.get(key, float("-inf")) < self.interval_s
+            if not urgent and (too_soon or len(self._recent) >= self.per_minute):
+                self._held[key] = self._held.get(key, 0) + 1
+                return False, 0
+            self._last[key] = now
+            self._recent.append(now)
+            return True, self._held.pop(key, 0)
+
+
+_LIMITER = AlertLimiter()
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """Remove PEM blocks and the given secret values from text bound for a channel or log."""
+    text = _PEM.sub("[redacted key]", text)
+    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every SecretStr value in the settings, so none of them can leak into an alert."""
+    values = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            values.append(value.get_secret_value())
+    return values
+
+
+def send_alert(
+    title: str,
+    message: str,
+    *,
+    settings: Settings | None = None,
+    key: str | None = None,
+    urgent: bool = False,
+    limiter: AlertLimiter | None = None,
+    raise_on_failure: bool = False,
+) -> None:
+    """Post an alert through the "investflow-alerts" block, else INVESTFLOW_ALERT_WEBHOOK_URL.
+
+    Alerts with the same key (default: the title) are coalesced; urgent ones always go out.
+    Delivery problems are logged, not raised, unless raise_on_failure is set.
+    """
+    log = _logger()
+    send, held = (limiter or _LIMITER).admit(key or title, urgent)
+    if not send:
+        log.info("Alert %r held back by the rate limiter", title)
+        return
+    if held:
+        message = f"{message}\n({held} similar alert(s) held back since the last one)"
+    settings = settings or get_settings()
+    secrets = secret_values(settings)
+    title, message = redact(title, secrets), redact(message, secrets)[:MAX_CHARS]
+    try:
+        _deliver(title, message, settings)
+    except Exception as exc:  # noqa: BLE001 - an alert must never take the job down with it
+        reason = redact(f"{type(exc).__name__}: {exc}", secrets)
+        log.warning("Alert %r was not delivered: %s", title, reason)
+        if raise_on_failure:
+            raise RuntimeError(f"alert {title!r} was not delivered: {reason}") from None
+
+
+def _deliver(title: str, message: str, settings: Settings) -> None:
+    block = _load_block()
+    if block is None and settings.alert_webhook_url is not None:
+        block = block_for_url(settings.alert_webhook_url.get_secret_value())
+    if block is None:
+        _logger().info("No alert channel configured; alert %r only logged: %s", title, message)
+        return
+    if isinstance(block, str):
+        post_json(block, title, message, settings.http_timeout_s)
+        return
+    # Apprise's own socket timeouts (4 s connect, 4 s read) bound this call.
+    with block.raise_on_failure():
+        block.notify(message, subject=title)
+
+
+def _load_block():
+    """The saved notification block named BLOCK_NAME, or None when there is none."""
+    from prefect.blocks.notifications import (
+        CustomWebhookNotificationBlock,
+        DiscordWebhook,
+        SlackWebhook,
+    )
+
+    # A custom webhook block serves any other JSON endpoint (and the local stand-in).
+    for block_type in (DiscordWebhook, SlackWebhook, CustomWebhookNotificationBlock):
+        try:
+            return block_type.load(BLOCK_NAME)
+        except ValueError:  # no block of this type with that name
+            continue
+    return None
+
+
+def block_for_url(url: str):
+    """A Discord or Slack notification block for their webhook URLs; other URLs stay plain."""
+    from prefect.blocks.notifications import DiscordWebhook, SlackWebhook
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if host.endswith(("discord.com", "discordapp.com")):
+        match = re.search(r"/api/webhooks/([^/]+)/([^/?]+)", parts.path)
+        if not match:
+            raise ValueError("INVESTFLOW_ALERT_WEBHOOK_URL is not a Discord webhook URL")
+        return DiscordWebhook(webhook_id=match.group(1), webhook_token=match.group(2))
+    if host == "hooks.slack.com":
+        return SlackWebhook(url=url)
+    return url
+
+
+def post_json(url: str, title: str, message: str, timeout_s: float) -> None:
+    """POST a Discord- and Slack-shaped JSON body ("content" and "text") to any webhook."""
+    text = f"**{title}**\n{message}"
+    body = {"content": text[:MAX_CHARS], "text": text, "title": title, "message": message}
+    response = httpx.post(url, json=body, timeout=timeout_s)
+    if response.status_code >= 300:
+        # never echo the URL: for Discord and Slack it is the credential
+        raise RuntimeError(f"webhook answered HTTP {response.status_code}")
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
