@@ -38,10 +38,6 @@ class Settings(BaseSettings):
     # the market store when it is PostgreSQL. Redis may carry a password too.
     backup_database_urls: SecretStr | None = None
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    # Backups: comma-separated PostgreSQL URLs (secret: they may carry passwords); unset means
-    # the market store when it is PostgreSQL. Redis may carry a password too.
-    backup_database_urls: SecretStr | None = None
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
     # Routes (work pools): where the real pools send work. See deployments/pools.py.
     aws_region: str = "ap-northeast-2"
