@@ -56,9 +56,10 @@ def apply_pools(*, local: bool) -> None:
 
 
 def migrate_store() -> None:
+    from blocks.database import database_url
     from tasks.store import migrate
 
-    migrate(get_settings().database_url.get_secret_value())
+    migrate(database_url(get_settings()))
     print("  market store: at the newest migration")
 
 

@@ -39,6 +39,19 @@ class Settings(BaseSettings):
     backup_database_urls: SecretStr | None = None
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
 
+    # Offsite storage (S3, MinIO, OCI Object Storage's S3 endpoint) and its credentials.
+    s3_bucket: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    # OCI API key for the A1 launch (or a profile of an OCI config file).
+    oci_user: str | None = None
+    oci_tenancy: str | None = None
+    oci_fingerprint: str | None = None
+    oci_region: str | None = None
+    oci_private_key: SecretStr | None = None
+    oci_private_key_file: Path | None = None
+    oci_profile: str | None = None
+
     # Routes (work pools): where the real pools send work. See deployments/pools.py.
     aws_region: str = "ap-northeast-2"
     ecs_cluster: str = "investflow"

@@ -76,10 +76,11 @@ def get_engine(url: str) -> Engine:
 
 
 def engine_from_settings(settings=None) -> Engine:
+    """The market store: INVESTFLOW_DATABASE_URL, else the market-database block, else SQLite."""
+    from blocks.database import database_url
     from tasks.settings import get_settings
 
-    settings = settings or get_settings()
-    return get_engine(settings.database_url.get_secret_value())
+    return get_engine(database_url(settings or get_settings()))
 
 
 def migrate(url: str) -> None:
