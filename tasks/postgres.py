@@ -1,0 +1,346 @@
+"""PostgreSQL backups: pg_dump -Fc in an exported snapshot, row counts, pg_restore into scratch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import resource
+import signal
+import subprocess
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.logging import get_run_logger
+from pydantic import SecretStr
+
+from tasks import backup_files as bf
+
+# libpq reads these from the environment: the child gets the password there, never in argv.
+_LIBPQ_ENV = {
+    "host": "PGHOST",
+    "port": "PGPORT",
+    "user": "PGUSER",
+    "password": "PGPASSWORD",
+    "dbname": "PGDATABASE",
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+}
+_COUNT_TABLES = """
+    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%'
+    ORDER BY 1, 2
+"""
+
+
+@dataclass(frozen=True)
+class PgTarget:
+    """One database to back up; the URL stays secret, the label is safe to show."""
+
+    url: SecretStr
+
+    @property
+    def params(self) -> dict[str, str]:
+        from psycopg.conninfo import conninfo_to_dict
+
+        return {k: str(v) for k, v in conninfo_to_dict(plain_url(self.url)).items()}
+
+    @property
+    def dbname(self) -> str:
+        return self.params.get("dbname") or self.params.get("user") or "postgres"
+
+    @property
+    def label(self) -> str:
+        p = self.params
+        return f"{p.get('host', 'localhost')}:{p.get('port', '5432')}/{self.dbname}"
+
+    def with_dbname(self, dbname: str) -> PgTarget:
+        from psycopg.conninfo import make_conninfo
+
+        return PgTarget(SecretStr(make_conninfo(plain_url(self.url), dbname=dbname)))
+
+
+@dataclass
+class DumpResult:
+    """What a dump knew about itself, for the manifest."""
+
+    row_counts: dict[str, int]
+    server_version: str
+    pg_dump_version: str
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    snapshot: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def plain_url(url: SecretStr | str) -> str:
+    """A libpq URL from SQLAlchemy spellings (postgresql+psycopg:// -> postgresql://)."""
+    raw = url.get_secret_value() if isinstance(url, SecretStr) else url
+    scheme, sep, rest = raw.partition("://")
+    return (scheme.split("+", 1)[0] + sep + rest) if sep else raw
+
+
+def is_postgres(url: str) -> bool:
+    return url.split("+", 1)[0].split(":", 1)[0] in ("postgresql", "postgres")
+
+
+def resolve_targets(databases: list[str] | None, settings) -> list[PgTarget]:
+    """Databases given as URLs or bare names; names live on the configured server."""
+    configured = []
+    if settings.backup_database_urls is not None:
+        raw = settings.backup_database_urls.get_secret_value()
+        configured = [PgTarget(SecretStr(u.strip())) for u in raw.split(",") if u.strip()]
+    store_url = settings.database_url.get_secret_value()
+    if not configured and is_postgres(store_url):
+        configured = [PgTarget(SecretStr(store_url))]
+    if not databases:
+        if not configured:
+            raise bf.BackupError(
+                "no PostgreSQL database to back up: set INVESTFLOW_BACKUP_DATABASE_URLS or "
+                "point INVESTFLOW_DATABASE_URL at PostgreSQL"
+            )
+        return configured
+    targets = []
+    for item in databases:
+        if "://" in item or "=" in item:
+            targets.append(PgTarget(SecretStr(item)))
+        elif not configured:
+            raise bf.BackupError(
+                f"database {item!r} is a bare name but no PostgreSQL server is configured "
+                "(INVESTFLOW_BACKUP_DATABASE_URLS or INVESTFLOW_DATABASE_URL)"
+            )
+        else:
+            targets.append(configured[0].with_dbname(item))
+    return targets
+
+
+def child_env(target: PgTarget) -> dict[str, str]:
+    """The environment for pg_dump/pg_restore: PG* variables, no connection string in argv."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    for key, value in target.params.items():
+        if key in _LIBPQ_ENV:
+            env[_LIBPQ_ENV[key]] = value
+    return env
+
+
+def connect(target: PgTarget, **kwargs):
+    import psycopg
+
+    try:
+        return psycopg.connect(plain_url(target.url), connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        # psycopg's message names host and port, never the password.
+        raise bf.BackupError(f"cannot reach PostgreSQL {target.label}: {exc}".strip()) from None
+
+
+def count_rows(conn) -> dict[str, int]:
+    """Exact row count of every user table, in the connection's current snapshot."""
+    from psycopg import sql
+
+    counts = {}
+    for schema, table in conn.execute(_COUNT_TABLES).fetchall():
+        query = sql.SQL("SELECT count(*) FROM {}.{}").format(
+            sql.Identifier(schema), sql.Identifier(table)
+        )
+        counts[f"{schema}.{table}"] = conn.execute(query).fetchone()[0]
+    return counts
+
+
+def tool_version(tool: str) -> str:
+    out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def _limit_file_size(max_bytes: int | None):
+    """preexec_fn: cap the dump's size (a disk quota); a write past it fails like a full disk."""
+    if max_bytes is None:
+        return None
+
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write (EFBIG), don't kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+
+    return apply
+
+
+def _stderr_tail(path: Path, limit: int = 2000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-limit:].strip()
+
+
+def pg_dump(target: PgTarget, partial: Path, *, max_bytes: int | None = None) -> DumpResult:
+    """pg_dump -Fc into partial, counting rows in the very snapshot the dump reads."""
+    started = bf.utcnow()
+    errlog = partial.with_name(partial.name + ".stderr")
+    with connect(target, autocommit=True) as conn:
+        server_version = conn.execute("SHOW server_version").fetchone()[0]
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        argv = ["pg_dump", "-Fc", "--snapshot", snapshot, "-f", str(partial)]
+        try:
+            with open(errlog, "wb") as err:
+                proc = subprocess.Popen(
+                    argv,
+                    env=child_env(target),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    preexec_fn=_limit_file_size(max_bytes),
+                )
+                try:
+                    # Counted while pg_dump runs: same snapshot, and the two overlap in time.
+                    counts = count_rows(conn)
+                finally:
+                    returncode = proc.wait()
+            conn.execute("COMMIT")
+            if returncode != 0:
+                raise bf.BackupError(
+                    f"pg_dump of {target.label} failed (exit {returncode}): "
+                    f"{_stderr_tail(errlog) or 'no message'}"
+                )
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        finally:
+            errlog.unlink(missing_ok=True)
+    return DumpResult(
+        row_counts=counts,
+        server_version=server_version,
+        pg_dump_version=tool_version("pg_dump"),
+        started_at=started,
+        finished_at=bf.utcnow(),
+        snapshot=snapshot,
+    )
+
+
+@task(name="backup-database", tags=["backup"], cache_policy=NONE)
+def backup_database(
+    target: PgTarget,
+    root: Path,
+    keep: dict[str, int],
+    *,
+    now: dt.datetime | None = None,
+    max_bytes: int | None = None,
+) -> bf.StoredBackup:
+    """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
+    logger = get_run_logger()
+    tdir = bf.target_dir(root, "postgres", target.dbname)
+    with bf.target_lock(tdir):
+        bf.clear_partials(tdir)
+        bf.ensure_free_space(tdir, bf.estimate_size(tdir))
+        final = bf.fresh_data_path(tdir, target.dbname, ".dump", now)
+        partial = bf.partial_path(final)
+        logger.info("Dumping %s to %s", target.label, final)
+        try:
+            dump = pg_dump(target, partial, max_bytes=max_bytes)
+        except OSError as exc:
+            raise bf.BackupError(f"pg_dump of {target.label} failed: {exc}") from None
+        manifest = {
+            "kind": "postgres",
+            "database": target.dbname,
+            "target": target.label,
+            "format": "pg_dump custom (-Fc)",
+            "server_version": dump.server_version,
+            "pg_dump_version": dump.pg_dump_version,
+            "started_at": dump.started_at.isoformat(),
+            "finished_at": dump.finished_at.isoformat(),
+            "row_counts": dump.row_counts,
+        }
+        stored = bf.store_backup(partial, final, manifest, tdir, keep)
+    logger.info(
+        "Backed up %s: %s (%s bytes, sha256 %s); pruned %d",
+        target.label,
+        final.name,
+        stored.size_bytes,
+        stored.sha256,
+        len(stored.pruned),
+    )
+    return stored
+
+
+# ------------------------------------------------------------------ restore
+
+
+def restore_counts(target: PgTarget, dump: Path) -> dict[str, int]:
+    """pg_restore a dump into a scratch database on target's server; row counts; drop it."""
+    scratch = f"investflow_verify_{uuid.uuid4().hex[:10]}"
+    admin = target.with_dbname("postgres")
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{scratch}"')
+    try:
+        scratch_target = target.with_dbname(scratch)
+        errlog = dump.with_name(f".{scratch}.stderr")
+        try:
+            with open(errlog, "wb") as err:
+                rc = subprocess.run(
+                    [
+                        "pg_restore",
+                        "--exit-on-error",
+                        "--no-owner",
+                        "--no-privileges",
+                        "-d",
+                        scratch,
+                        str(dump),
+                    ],
+                    env=child_env(scratch_target),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                ).returncode
+            if rc != 0:
+                raise bf.BackupError(
+                    f"pg_restore of {dump} failed (exit {rc}): {_stderr_tail(errlog)}"
+                )
+        finally:
+            errlog.unlink(missing_ok=True)
+        with connect(scratch_target) as conn:
+            return count_rows(conn)
+    finally:
+        with connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+
+
+def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str]:
+    """What differs between the manifest's row counts and a restore's, one line per table."""
+    diffs = []
+    for table in sorted(set(expected) | set(actual)):
+        want, got = expected.get(table), actual.get(table)
+        if want != got:
+            diffs.append(f"{table}: manifest {want}, restored {got}")
+    return diffs
+
+
+@task(name="verify-postgres-restore", tags=["backup"], cache_policy=NONE)
+def verify_restore(target: PgTarget, root: Path) -> dict:
+    """Restore the newest dump of target into scratch and compare row counts with its manifest."""
+    tdir = bf.target_dir(root, "postgres", target.dbname)
+    newest = next((s for s in bf.list_sets(tdir, "daily") if s.complete), None)
+    if newest is None:
+        raise bf.BackupError(f"no complete PostgreSQL backup of {target.label} under {tdir}")
+    manifest = bf.read_manifest(newest.data)
+    restored = restore_counts(target, newest.data)
+    diffs = compare_counts(manifest["row_counts"], restored)
+    if diffs:
+        raise bf.BackupError(
+            f"restore of {newest.data} does not match its manifest: " + "; ".join(diffs)
+        )
+    get_run_logger().info(
+        "Restored %s: %d tables, %d rows, all match",
+        newest.data.name,
+        len(restored),
+        sum(restored.values()),
+    )
+    return {
+        "path": str(newest.data),
+        "sha256": manifest["sha256"],
+        "tables": len(restored),
+        "rows": sum(restored.values()),
+        "taken_at": newest.taken_at,
+    }

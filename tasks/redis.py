@@ -1,0 +1,341 @@
+"""Redis backups: BGSAVE and copy (or `redis-cli --rdb`), redis-check-rdb, scratch restores."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from prefect import task
+from prefect.cache_policies import NONE
+from prefect.logging import get_run_logger
+from pydantic import SecretStr
+
+from tasks import backup_files as bf
+
+_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class RedisTarget:
+    """One Redis server; the URL may carry a password so it stays secret, the label does not."""
+
+    url: SecretStr
+
+    @property
+    def parts(self):
+        return urlsplit(self.url.get_secret_value())
+
+    @property
+    def host(self) -> str:
+        return self.parts.hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.parts.port or 6379
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def is_local(self) -> bool:
+        return self.parts.scheme == "unix" or self.host in _LOCAL_HOSTS
+
+    def client(self, timeout_s: float = 30.0):
+        import redis
+
+        return redis.Redis.from_url(
+            self.url.get_secret_value(), socket_timeout=timeout_s, socket_connect_timeout=10
+        )
+
+
+def parse_keyspace(info: dict) -> dict[str, int]:
+    """INFO keyspace -> {"db0": keys, ...}."""
+    return {db: int(v["keys"]) for db, v in info.items() if db.startswith("db")}
+
+
+def parse_check_rdb(output: str) -> dict[str, int]:
+    """redis-check-rdb's summary lines -> {"keys": n, "expires": n, "already_expired": n}."""
+    found = {}
+    for name, pattern in (
+        ("keys", r"\[info\] (\d+) keys read"),
+        ("expires", r"\[info\] (\d+) expires"),
+        ("already_expired", r"\[info\] (\d+) already expired"),
+    ):
+        match = re.search(pattern, output)
+        if match:
+            found[name] = int(match.group(1))
+    return found
+
+
+def bgsave_and_wait(
+    client,
+    *,
+    timeout_s: float = 900.0,
+    poll_s: float = 0.1,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict:
+    """BGSAVE, then wait on INFO persistence (not LASTSAVE, which only has 1 s resolution)."""
+    import redis
+
+    deadline = clock() + timeout_s
+    while True:
+        before = client.info("persistence")
+        if not before.get("rdb_bgsave_in_progress"):
+            try:
+                client.bgsave()
+                break
+            except redis.ResponseError as exc:  # a save or AOF rewrite started just now
+                if "in progress" not in str(exc):
+                    raise bf.BackupError(f"BGSAVE refused: {exc}") from None
+        if clock() > deadline:
+            raise bf.BackupError("Redis kept a background save running; BGSAVE timed out")
+        sleep(poll_s)
+    while True:
+        info = client.info("persistence")
+        done = not info.get("rdb_bgsave_in_progress")
+        if done and info.get("rdb_saves", 0) > before.get("rdb_saves", 0):
+            if info.get("rdb_last_bgsave_status") != "ok":
+                raise bf.BackupError(
+                    f"Redis BGSAVE failed (rdb_last_bgsave_status="
+                    f"{info.get('rdb_last_bgsave_status')}); see the Redis server log"
+                )
+            return info
+        if clock() > deadline:
+            raise bf.BackupError(f"Redis BGSAVE did not finish within {timeout_s:.0f} s")
+        sleep(poll_s)
+
+
+def rdb_path(client) -> Path | None:
+    """Where the server writes its RDB, when CONFIG GET is allowed and the file is readable."""
+    import redis
+
+    try:
+        folder = client.config_get("dir")["dir"]
+        name = client.config_get("dbfilename")["dbfilename"]
+    except (redis.ResponseError, KeyError):
+        return None  # CONFIG disabled (managed Redis): fall back to redis-cli --rdb
+    path = Path(folder) / name
+    return path if os.access(path, os.R_OK) else None
+
+
+def pull_rdb(target: RedisTarget, partial: Path, timeout_s: float = 900.0) -> None:
+    """`redis-cli --rdb`: the server streams a fresh snapshot, as it would to a replica."""
+    parts = target.parts
+    argv = ["redis-cli", "-h", target.host, "-p", str(target.port)]
+    if parts.username:
+        argv += ["--user", unquote(parts.username)]
+    if parts.scheme == "rediss":
+        argv.append("--tls")
+    env = {k: v for k, v in os.environ.items() if k != "REDISCLI_AUTH"}
+    if parts.password:
+        env["REDISCLI_AUTH"] = unquote(parts.password)  # never in argv, never logged
+    try:
+        out = subprocess.run(
+            argv + ["--rdb", str(partial)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        partial.unlink(missing_ok=True)
+        raise bf.BackupError(f"redis-cli --rdb from {target.label} timed out") from None
+    if out.returncode != 0 or not partial.exists():
+        partial.unlink(missing_ok=True)
+        message = (out.stderr or out.stdout).strip()[-1000:]
+        raise bf.BackupError(f"redis-cli --rdb from {target.label} failed: {message}")
+
+
+def check_rdb(path: Path) -> dict[str, int] | None:
+    """Run redis-check-rdb when it is installed; its counts, or None when it is not."""
+    tool = shutil.which("redis-check-rdb")
+    if tool is None:
+        return None
+    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        raise bf.BackupError(f"redis-check-rdb rejected {path}: {out.stdout.strip()[-1000:]}")
+    return parse_check_rdb(out.stdout)
+
+
+@task(name="backup-redis-server", tags=["backup"], cache_policy=NONE)
+def backup_server(
+    target: RedisTarget,
+    root: Path,
+    keep: dict[str, int],
+    *,
+    method: str = "auto",
+    now: dt.datetime | None = None,
+) -> bf.StoredBackup:
+    """Snapshot one Redis server into <root>/redis/<host_port>/, then checksum and prune."""
+    logger = get_run_logger()
+    tdir = bf.target_dir(root, "redis", target.label)
+    started = bf.utcnow()
+    client = target.client()
+    try:
+        server = client.info("server")
+        keyspace = parse_keyspace(client.info("keyspace"))
+    except Exception as exc:  # noqa: BLE001 - redis-py's message has host:port, not secrets
+        raise bf.BackupError(f"cannot reach Redis {target.label}: {exc}") from None
+    with bf.target_lock(tdir):
+        bf.clear_partials(tdir)
+        bf.ensure_free_space(tdir, bf.estimate_size(tdir))
+        final = bf.fresh_data_path(tdir, target.label, ".rdb", now)
+        partial = bf.partial_path(final)
+        source = rdb_path(client) if method != "rdb-cli" and target.is_local else None
+        try:
+            if source is not None:
+                bgsave_and_wait(client)
+                # Redis renames a finished save over the file, so this copy is one whole save.
+                shutil.copyfile(source, partial)
+                how = f"BGSAVE and copy of {source}"
+            else:
+                pull_rdb(target, partial)
+                how = "redis-cli --rdb"
+            checked = check_rdb(partial)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise bf.BackupError(f"copying the RDB of {target.label} failed: {exc}") from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        manifest = {
+            "kind": "redis",
+            "target": target.label,
+            "method": how,
+            "redis_version": server.get("redis_version"),
+            "started_at": started.isoformat(),
+            "finished_at": bf.utcnow().isoformat(),
+            "dbsize_before": keyspace,
+            # Exact when redis-check-rdb read the file; else DBSIZE just before the save.
+            "keys": checked["keys"] if checked else sum(keyspace.values()),
+            "keys_source": "redis-check-rdb" if checked else "dbsize",
+            "rdb_check": checked,
+        }
+        stored = bf.store_backup(partial, final, manifest, tdir, keep)
+    logger.info(
+        "Backed up Redis %s via %s: %s (%s keys, sha256 %s); pruned %d",
+        target.label,
+        how,
+        final.name,
+        manifest["keys"],
+        stored.sha256,
+        len(stored.pruned),
+    )
+    return stored
+
+
+# ------------------------------------------------------------------ scratch restore
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def scratch_server(rdb: Path, workdir: Path, start_timeout_s: float = 120.0) -> Iterator:
+    """A throwaway redis-server on a free loopback port that loads rdb and saves nothing."""
+    import redis
+
+    folder = Path(tempfile.mkdtemp(prefix=".verify-", dir=workdir))
+    try:
+        try:
+            os.link(rdb, folder / "dump.rdb")  # Redis only reads it: a link costs no space
+        except OSError:
+            shutil.copyfile(rdb, folder / "dump.rdb")
+        port = free_port()
+        proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(folder),
+                "--dbfilename",
+                "dump.rdb",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--logfile",
+                str(folder / "redis.log"),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
+        try:
+            deadline = time.monotonic() + start_timeout_s
+            while True:
+                try:
+                    client.ping()
+                    break
+                except (redis.ConnectionError, redis.BusyLoadingError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log = (folder / "redis.log").read_text(errors="replace")[-1500:]
+                        raise bf.BackupError(
+                            f"scratch redis-server could not load {rdb}: {log}"
+                        ) from None
+                    time.sleep(0.05)
+            yield client
+        finally:
+            client.close()
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def loaded_keys(rdb: Path, workdir: Path) -> int:
+    """Keys a scratch redis-server finds in rdb (those already expired at load included)."""
+    with scratch_server(rdb, workdir) as client:
+        keys = sum(parse_keyspace(client.info("keyspace")).values())
+        return keys + int(client.info("persistence").get("rdb_last_load_keys_expired", 0))
+
+
+@task(name="verify-redis-restore", tags=["backup"], cache_policy=NONE)
+def verify_restore(tdir: Path) -> dict:
+    """Load the newest RDB under tdir into a scratch redis-server; compare with the manifest."""
+    newest = next((s for s in bf.list_sets(tdir, "daily") if s.complete), None)
+    if newest is None:
+        raise bf.BackupError(f"no complete Redis backup under {tdir}")
+    manifest = bf.read_manifest(newest.data)
+    keys = loaded_keys(newest.data, tdir)
+    if keys != manifest["keys"]:
+        message = f"{newest.data}: manifest says {manifest['keys']} keys, scratch loaded {keys}"
+        if manifest.get("keys_source") == "redis-check-rdb":
+            raise bf.BackupError(message)
+        # A DBSIZE taken beside the save is only close; say so but don't fail on it.
+        get_run_logger().warning("%s (manifest count was approximate)", message)
+    get_run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
+    return {
+        "path": str(newest.data),
+        "sha256": manifest["sha256"],
+        "keys": keys,
+        "taken_at": newest.taken_at,
+        "target": manifest.get("target"),
+    }
