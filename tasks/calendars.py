@@ -1,0 +1,119 @@
+"""Trading calendars (exchange-calendars XNYS, XKRX): which sessions a run has to fetch."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import exchange_calendars as xcals
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Market:
+    """One market: its calendar, its timezone, its currency."""
+
+    code: str  # US, KR
+    calendar: str  # exchange-calendars name
+    tz: str
+    currency: str
+
+
+MARKETS = {
+    "US": Market("US", "XNYS", "America/New_York", "USD"),
+    "KR": Market("KR", "XKRX", "Asia/Seoul", "KRW"),
+}
+
+
+def market_of(symbol: str) -> Market:
+    """The market a Yahoo symbol trades on (.KS KOSPI and .KQ KOSDAQ are Korea)."""
+    return MARKETS["KR"] if symbol.upper().endswith((".KS", ".KQ")) else MARKETS["US"]
+
+
+@lru_cache(maxsize=4)
+def trading_calendar(name: str) -> xcals.ExchangeCalendar:
+    """The exchange calendar, built once per process (it takes ~0.5 s)."""
+    return xcals.get_calendar(name)
+
+
+def now_utc() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def as_utc(moment: dt.datetime | str | None) -> dt.datetime:
+    """A timezone-aware UTC moment; naive values are read as UTC, None means now."""
+    if moment is None:
+        return now_utc()
+    stamp = pd.Timestamp(moment)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return stamp.to_pydatetime()
+
+
+def last_closed_session(market: Market, now: dt.datetime) -> dt.date:
+    """The newest session whose close is at or before now."""
+    cal = trading_calendar(market.calendar)
+    local_day = now.astimezone(ZoneInfo(market.tz)).date()
+    window = cal.sessions_in_range(
+        max(cal.first_session, pd.Timestamp(local_day - dt.timedelta(days=20))),
+        min(cal.last_session, pd.Timestamp(local_day)),
+    )
+    closes = cal.closes.loc[window]
+    closed = closes[closes <= pd.Timestamp(now)]
+    return closed.index[-1].date()
+
+
+def sessions_between(market: Market, after: dt.date, through: dt.date) -> list[dt.date]:
+    """Sessions strictly after `after` and up to `through`, inclusive."""
+    if through <= after:
+        return []
+    cal = trading_calendar(market.calendar)
+    start = max(pd.Timestamp(after + dt.timedelta(days=1)), cal.first_session)
+    end = min(pd.Timestamp(through), cal.last_session)
+    if end < start:
+        return []
+    return [s.date() for s in cal.sessions_in_range(start, end)]
+
+
+def lookback_start(market: Market, last_stored: dt.date, sessions: int) -> dt.date:
+    """The first of the last `sessions` sessions up to last_stored (re-fetched for corrections)."""
+    if sessions <= 0:
+        return last_stored + dt.timedelta(days=1)
+    cal = trading_calendar(market.calendar)
+    end = min(pd.Timestamp(last_stored), cal.last_session)
+    window = cal.sessions_in_range(
+        max(cal.first_session, end - pd.Timedelta(days=sessions * 3 + 14)), end
+    )
+    return window[-sessions].date() if len(window) >= sessions else window[0].date()
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """One symbol's request: sessions from start to end, end exclusive (as Yahoo takes it)."""
+
+    symbol: str
+    start: dt.date
+    end: dt.date
+    backfill: bool
+
+
+def plan_fetches(
+    market: Market,
+    symbols: list[str],
+    stored: dict[str, dt.date],
+    through: dt.date,
+    backfill_start: dt.date,
+    lookback_sessions: int,
+    force_start: bool = False,
+) -> list[Fetch]:
+    """Who needs fetching and from when; a symbol with no new session is left out."""
+    plans = []
+    for symbol in symbols:
+        last = stored.get(symbol)
+        if last is None or force_start:
+            plans.append(Fetch(symbol, backfill_start, through + dt.timedelta(days=1), True))
+        elif sessions_between(market, last, through):
+            start = lookback_start(market, last, lookback_sessions)
+            plans.append(Fetch(symbol, start, through + dt.timedelta(days=1), False))
+    return plans

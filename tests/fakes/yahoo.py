@@ -1,0 +1,201 @@
+"""A local Yahoo Finance: v8 chart JSON from deterministic synthetic series, faults on demand."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zlib
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from tasks.calendars import market_of, trading_calendar
+from tests.fakes.base import FakeServer, Request, Response
+
+CRUMB = "fakeCrumb123"
+
+
+@lru_cache(maxsize=4)
+def _sessions(calendar: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    """Every session of the calendar and its open time in UTC epoch seconds."""
+    cal = trading_calendar(calendar)
+    opens = cal.opens
+    return opens.index, (opens.astype("int64").to_numpy() // 10**9)
+
+
+class FakeYahoo(FakeServer):
+    """Answers what yfinance asks: cookie (/), crumb, consent pages, chart and quote.
+
+    Every symbol trades on its market's real calendar (exchange-calendars), so holidays match.
+    Script faults with fail(match, status, body, times, delay_s), or per symbol with the sets
+    delisted, empty and malformed. Events: `splits[symbol] = {date: (num, den)}` and
+    `dividends[symbol] = {date: amount}` override the generated ones.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delisted: set[str] = set()
+        self.empty: set[str] = set()
+        self.malformed: set[str] = set()
+        self.splits: dict[str, dict[dt.date, tuple[int, int]]] = {}
+        self.dividends: dict[str, dict[dt.date, float]] = {}
+
+    # -- what tests read
+    def chart_requests(self, symbol: str | None = None) -> list[Request]:
+        prefix = "/v8/finance/chart/" + (symbol or "")
+        return [r for r in self.requests if r.path.startswith(prefix)]
+
+    # -- routes
+    def route(self, req: Request) -> Response:
+        path = req.path
+        if path == "/" or path == "/consent" or "Consent" in path:
+            # fc.yahoo.com and the consent pages: a cookie, and no form to fill in.
+            return Response(
+                200, "<html>ok</html>", {"Set-Cookie": "A3=fake; Path=/; Domain=127.0.0.1"}
+            )
+        if path == "/v1/test/getcrumb":
+            return Response(200, CRUMB, {"Content-Type": "text/plain"})
+        if path.startswith("/v8/finance/chart/"):
+            return self.chart(path.rsplit("/", 1)[1].upper(), req.query)
+        if path.startswith("/v7/finance/quote"):
+            symbols = req.query.get("symbols", "").split(",")
+            return Response(200, {"quoteResponse": {"result": [self.quote(s) for s in symbols]}})
+        if path.startswith("/v10/finance/quoteSummary/"):
+            symbol = path.rsplit("/", 1)[1].upper()
+            return Response(200, {"quoteSummary": {"result": [{"price": self.quote(symbol)}]}})
+        return Response(404, {"error": f"no route {path}"})
+
+    def quote(self, symbol: str) -> dict:
+        market = market_of(symbol)
+        return {
+            "symbol": symbol,
+            "currency": market.currency,
+            "exchangeTimezoneName": market.tz,
+            "quoteType": "EQUITY",
+        }
+
+    def chart(self, symbol: str, query: dict[str, str]) -> Response:
+        if symbol in self.delisted:
+            return Response(
+                404,
+                {
+                    "chart": {
+                        "result": None,
+                        "error": {
+                            "code": "Not Found",
+                            "description": "No data found, symbol may be delisted",
+                        },
+                    }
+                },
+            )
+        if symbol in self.malformed:
+            return Response(
+                200, '{"chart": {"result": [{"meta": ', {"Content-Type": "application/json"}
+            )
+        market = market_of(symbol)
+        meta = {
+            "currency": market.currency,
+            "symbol": symbol,
+            "exchangeName": "NMS" if market.code == "US" else "KSC",
+            "instrumentType": "EQUITY",
+            "gmtoffset": 0,
+            "timezone": "EST" if market.code == "US" else "KST",
+            "exchangeTimezoneName": market.tz,
+            "priceHint": 2,
+            "dataGranularity": "1d",
+            "validRanges": ["1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"],
+        }
+        if "period1" in query:
+            lo, hi = int(float(query["period1"])), int(float(query["period2"]))
+        else:  # range=1d and friends: the last few sessions
+            hi = int(dt.datetime.now(dt.UTC).timestamp())
+            lo = hi - 7 * 86400
+        if symbol in self.empty:
+            return Response(200, _chart({"meta": meta, "indicators": {"quote": [{}]}}))
+        series = self.series(symbol)
+        stamps = series["timestamp"]
+        pick = (stamps >= lo) & (stamps < hi)
+        result = {
+            "meta": meta,
+            "timestamp": stamps[pick].tolist(),
+            "indicators": {
+                "quote": [
+                    {k: series[k][pick].round(4).tolist() for k in ("open", "high", "low", "close")}
+                    | {"volume": series["volume"][pick].tolist()}
+                ],
+                "adjclose": [{"adjclose": series["adjclose"][pick].round(6).tolist()}],
+            },
+        }
+        events = self.events(symbol, series, lo, hi)
+        if events:
+            result["events"] = events
+        return Response(200, _chart(result))
+
+    # -- synthetic data
+    def series(self, symbol: str) -> dict[str, np.ndarray]:
+        """The symbol's whole history: same symbol, same numbers, every time."""
+        market = market_of(symbol)
+        sessions, stamps = _sessions(market.calendar)
+        seed = zlib.crc32(symbol.encode())
+        rng = np.random.default_rng(seed)
+        n = len(sessions)
+        start = 20.0 + seed % 300 if market.code == "US" else 5000.0 + (seed % 900) * 100
+        close = start * np.exp(np.cumsum(rng.normal(0.0003, 0.015, n)))
+        opens = close * (1 + rng.normal(0, 0.004, n))
+        high = np.maximum(opens, close) * (1 + np.abs(rng.normal(0, 0.006, n)))
+        low = np.minimum(opens, close) * (1 - np.abs(rng.normal(0, 0.006, n)))
+        volume = rng.integers(100_000, 5_000_000, n)
+        divs = self._dividend_days(symbol, sessions, close)
+        # Yahoo's close is split-adjusted, not dividend-adjusted; adjclose is both.
+        factor = np.ones(n)
+        for i, amount in divs.items():
+            factor[:i] *= 1 - amount / close[i - 1]
+        return {
+            "timestamp": stamps,
+            "sessions": sessions,
+            "open": opens,
+            "high": high,
+            "low": low,
+            "close": close,
+            "adjclose": close * factor,
+            "volume": volume,
+            "dividends": divs,
+        }
+
+    def _dividend_days(self, symbol, sessions, close) -> dict[int, float]:
+        if symbol in self.dividends:
+            wanted = {pd.Timestamp(d): a for d, a in self.dividends[symbol].items()}
+            return {int(sessions.get_loc(d)): a for d, a in wanted.items() if d in sessions}
+        # Quarterly: every 63rd session, at about 0.5% of the price.
+        offset = zlib.crc32(symbol.encode()) % 63
+        return {i: round(close[i - 1] * 0.005, 4) for i in range(max(offset, 1), len(close), 63)}
+
+    def events(self, symbol: str, series: dict, lo: int, hi: int) -> dict:
+        stamps, sessions = series["timestamp"], series["sessions"]
+        out: dict[str, dict] = {}
+        divs = {
+            str(stamps[i]): {"amount": a, "date": int(stamps[i])}
+            for i, a in series["dividends"].items()
+            if lo <= stamps[i] < hi
+        }
+        if divs:
+            out["dividends"] = divs
+        splits = {}
+        for day, (num, den) in self.splits.get(symbol, {}).items():
+            ts = pd.Timestamp(day)
+            if ts in sessions:
+                stamp = int(stamps[sessions.get_loc(ts)])
+                if lo <= stamp < hi:
+                    splits[str(stamp)] = {
+                        "date": stamp,
+                        "numerator": num,
+                        "denominator": den,
+                        "splitRatio": f"{num}:{den}",
+                    }
+        if splits:
+            out["splits"] = splits
+        return out
+
+
+def _chart(result: dict) -> dict:
+    return {"chart": {"result": [result], "error": None}}
