@@ -1,0 +1,203 @@
+"""Train the return model weekly on the GPU desktop; predict returns daily on GPU or CPU."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks import features, model, model_report, model_store
+from tasks.settings import get_settings
+from tasks.store import engine_from_settings, upsert_frame
+
+# Engines, frames and models are not worth hashing for a cache: every task runs every time.
+load_prices = task(model_store.load_prices, name="load-prices", cache_policy=NO_CACHE)
+build_dataset = task(features.build_dataset, name="build-dataset", cache_policy=NO_CACHE)
+fit_model = task(model.fit, name="fit-model", cache_policy=NO_CACHE)
+validate_model = task(model.validate, name="validate-model", cache_policy=NO_CACHE)
+upsert = task(upsert_frame, name="upsert-predictions", cache_policy=NO_CACHE)
+
+
+@task(cache_policy=NO_CACHE)
+def store_version(engine, storage, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
+    """Save the checkpoint and its plot, and register the version in model_versions."""
+    sha = model.sha256(blob)
+    version = f"{market.lower()}-{meta['train_range'][1]:%Y%m%d}-{sha[:12]}"
+    uri = storage.put(f"{market}/{version}.pt", blob)
+    plot_uri = storage.put(f"{market}/{version}.png", png)
+    model_store.register_version(
+        engine,
+        {
+            "version": version,
+            "market": market,
+            "feature_spec": features.FEATURE_SPEC,
+            "window": features.WINDOW,
+            "train_start": meta["train_range"][0],
+            "train_end": meta["train_range"][1],
+            "metrics": meta["metrics"],
+            "sha256": sha,
+            "uri": uri,
+        },
+    )
+    return {"version": version, "sha256": sha, "uri": uri, "plot_uri": plot_uri}
+
+
+@flow(name="train-model", log_prints=True)
+def train_model(
+    market: str = "US",
+    epochs: int = 8,
+    hidden: int = 32,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    seed: int = 7,
+    val_sessions: int = 60,
+    history_sessions: int | None = 1500,
+    device: str = "auto",
+    threads: int | None = None,
+) -> dict:
+    """Train on the market's history, report against the baselines, promote only a winner."""
+    logger = get_run_logger()
+    settings = get_settings()
+    engine = engine_from_settings(settings)
+    torch_device = model.pick_device(device)
+    model.set_threads(threads)
+    logger.info("training %s on %s", market, torch_device)
+
+    prices = load_prices(engine, market, sessions=history_sessions)
+    data = build_dataset(prices, val_sessions=val_sessions)
+    del prices
+    logger.info(
+        "%d training and %d validation samples from %d symbols",
+        len(data.train_idx),
+        len(data.val_idx),
+        len(data.symbols),
+    )
+
+    config = model.ModelConfig(
+        hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
+    net = fit_model(data, config, torch_device)
+    metrics, predicted = validate_model(net, data, torch_device)
+    metrics |= {
+        "train_range": [d.isoformat() for d in data.train_range],
+        "val_range": [d.isoformat() for d in data.val_range],
+    }
+
+    blob = model.checkpoint_bytes(
+        net,
+        config,
+        data.normaliser,
+        market=market,
+        train_range=data.train_range,
+        val_range=data.val_range,
+        metrics=metrics,
+    )
+    png = model_report.plot_png(
+        predicted,
+        data.targets(data.val_idx),
+        f"{market} validation {data.val_range[0]}..{data.val_range[1]}",
+    )
+    storage = model_store.open_storage(settings.model_dir)
+    stored = store_version(
+        engine, storage, market, blob, png, {"train_range": data.train_range, "metrics": metrics}
+    )
+
+    if metrics["beats_baselines"]:
+        model_store.promote(engine, stored["version"], market)
+        decision = "beats both naive baselines on validation"
+    else:
+        kept = model_store.promoted_version(engine, market)
+        decision = (
+            f"does not beat both naive baselines on validation; "
+            f"{kept or 'no version'} stays promoted"
+        )
+    logger.info("version %s: %s", stored["version"], decision)
+
+    result = {
+        **stored,
+        "market": market,
+        "device": str(torch_device),
+        "promoted": metrics["beats_baselines"],
+        "decision": decision,
+        "metrics": metrics,
+        "train_range": data.train_range,
+        "val_range": data.val_range,
+    }
+    create_markdown_artifact(
+        model_report.training_markdown(result, png),
+        key=f"train-model-{market.lower()}",
+        description=f"validation of {stored['version']}",
+    )
+    create_link_artifact(
+        stored["plot_uri"],
+        link_text=f"plot of {stored['version']}",
+        key=f"train-model-plot-{market.lower()}",
+    )
+    return result
+
+
+@flow(name="predict-returns", log_prints=True)
+def predict_returns(
+    market: str = "US",
+    model_version: str | None = None,
+    device: str = "auto",
+    batch_size: int = 4096,
+) -> dict:
+    """Predict every eligible symbol's next-session return with the promoted (or pinned) model."""
+    logger = get_run_logger()
+    settings = get_settings()
+    engine = engine_from_settings(settings)
+    torch_device = model.pick_device(device)
+    model.set_threads(None)
+
+    row = model_store.find_version(engine, market, model_version)
+    blob = model_store.read_checkpoint(row["uri"], settings.model_dir)
+    loaded = model.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
+    del blob
+    logger.info("model %s on device %s", row["version"], torch_device)
+
+    prices = load_prices(engine, market, sessions=features.WINDOW + 1)
+    windows = features.latest_windows(prices, loaded.normaliser)
+    del prices
+    if windows.skipped:
+        logger.warning(
+            "skipped %d symbols: %s",
+            len(windows.skipped),
+            ", ".join(f"{s} ({why})" for s, why in windows.skipped.items()),
+        )
+
+    returns, probs = model.predict(
+        loaded.model, windows.x, loaded.normaliser.target_scale, torch_device, batch_size
+    )
+    frame = pd.DataFrame(
+        {
+            "model_version": row["version"],
+            "symbol": windows.symbols,
+            "as_of": windows.as_of,
+            "horizon": 1,
+            "predicted_return": returns,
+            "up_probability": probs,
+            "device": torch_device.type,
+        }
+    )
+    written = upsert(engine, "predictions", frame, flow_run_id=str(flow_run.id or "") or None)
+
+    result = {
+        "market": market,
+        "model_version": row["version"],
+        "device": str(torch_device),
+        "as_of": windows.as_of,
+        "predicted": len(frame),
+        "inserted": written.inserted,
+        "updated": written.updated,
+        "unchanged": written.unchanged,
+        "skipped": windows.skipped,
+    }
+    create_markdown_artifact(
+        model_report.prediction_markdown(result),
+        key=f"predict-returns-{market.lower()}",
+        description=f"predictions as of {windows.as_of} on {torch_device}",
+    )
+    return result
