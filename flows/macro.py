@@ -1,0 +1,134 @@
+"""Macro job: FRED series into the market store, incrementally, with their revisions."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.fred import (
+    DEFAULT_SERIES,
+    FredKeyError,
+    build_client,
+    clean_series_ids,
+    fetch_info,
+    fetch_observations,
+    fetch_start,
+    fetch_vintages,
+    new_vintages,
+    read_vintages,
+    resolve_api_key,
+    revision_history,
+    scrub,
+    with_realtime_start,
+)
+from tasks.limits import ensure_rate_limits
+from tasks.settings import get_settings
+from tasks.store import engine_from_settings, latest_dates, upsert_frame
+
+HISTORY_YEARS = 20
+
+
+class MacroRunFailed(RuntimeError):
+    """Too many series failed for the run to count as done."""
+
+
+def _outcome(series_id: str, status: str, error: str = "", **counts) -> dict:
+    row = {"series": series_id, "inserted": 0, "updated": 0, "unchanged": 0,
+           "last_observation": "", "status": status, "error": error}  # fmt: skip
+    row.update(counts)
+    return row
+
+
+# No cache: the client holds the key, and its inputs must never be hashed or stored.
+@task(task_run_name="ingest-{series_id}", cache_policy=NO_CACHE)
+def ingest_series(client, engine, series_id: str, since: dt.date, vintages: bool) -> dict:
+    """Fetch one series from since onward, then write its metadata, observations, vintages."""
+    info = fetch_info(client, series_id)
+    observations = fetch_observations(client, series_id, since)
+    added = pd.DataFrame()
+    if vintages:
+        stored = read_vintages(engine, series_id, since)
+        history = revision_history(fetch_vintages(client, series_id, since), stored)
+        added = new_vintages(history, stored)
+        observations = with_realtime_start(observations, history)
+    # Everything is fetched before anything is written: a failed series leaves no half.
+    run_id = flow_run.get_id()
+    upsert_frame(engine, "macro_series", pd.DataFrame([info]), flow_run_id=run_id)
+    result = upsert_frame(engine, "macro_observations", observations, flow_run_id=run_id)
+    if not added.empty:
+        upsert_frame(engine, "macro_vintages", added, flow_run_id=run_id)
+    last = observations["obs_date"].max() if not observations.empty else None
+    return _outcome(
+        series_id, "ok", inserted=result.inserted, updated=result.updated,
+        unchanged=result.unchanged, last_observation=str(last or ""), vintages=len(added),
+    )  # fmt: skip
+
+
+@flow(name="macro")
+def ingest_macro(
+    series: list[str] = list(DEFAULT_SERIES),  # noqa: B006 - never mutated; shown in the UI
+    start: dt.date | None = None,
+    revision_window_days: int = 120,
+    vintages: bool = False,
+    max_failed_ratio: float = 0.2,
+    retry_backoff_s: float = 2.0,
+) -> list[dict]:
+    """Bring FRED series up to date: metadata, observations, and optionally revisions."""
+    logger = get_run_logger()
+    settings = get_settings()
+    api_key = resolve_api_key(settings)  # a missing key stops the run before any request
+    key = api_key.get_secret_value()
+    ensure_rate_limits()
+    client = build_client(settings, api_key, backoff_s=retry_backoff_s)
+    engine = engine_from_settings(settings)
+
+    ids, invalid = clean_series_ids(series)
+    outcomes = [_outcome(s, "failed", "not a FRED series id") for s in invalid]
+    first = start or dt.date.today() - dt.timedelta(days=round(365.25 * HISTORY_YEARS))
+    newest = latest_dates(engine, "macro_observations", ids)
+    key_error = None
+    for series_id in ids:
+        if key_error:
+            outcomes.append(_outcome(series_id, "skipped", key_error))
+            continue
+        since = fetch_start(newest.get(series_id), first, revision_window_days)
+        state = ingest_series(client, engine, series_id, since, vintages, return_state=True)
+        if state.is_completed():
+            outcomes.append(state.result())
+            continue
+        error = state.result(raise_on_failure=False)
+        message = scrub(error, key) if isinstance(error, Exception) else scrub(state.message, key)
+        outcomes.append(_outcome(series_id, "failed", message))
+        if isinstance(error, FredKeyError):
+            key_error = message  # the same key would fail every other series too
+
+    failed = [o for o in outcomes if o["status"] != "ok"]
+    _publish(outcomes)
+    logger.info("macro: %d series ok, %d failed", len(outcomes) - len(failed), len(failed))
+    if key_error:
+        raise FredKeyError(key_error)
+    if outcomes and len(failed) / len(outcomes) > max_failed_ratio:
+        detail = "; ".join(f"{o['series']}: {o['error']}" for o in failed)
+        raise MacroRunFailed(
+            scrub(
+                f"{len(failed)} of {len(outcomes)} series failed, more than "
+                f"{max_failed_ratio:.0%} allowed: {detail}",
+                key,
+            )
+        )
+    return outcomes
+
+
+def _publish(outcomes: list[dict]) -> None:
+    """One table per run: what each series wrote, or why it failed."""
+    columns = ["series", "inserted", "updated", "unchanged", "last_observation", "status", "error"]
+    create_table_artifact(
+        key="macro-ingest",
+        table=[{c: o.get(c, "") for c in columns} for o in outcomes],
+        description="FRED series written by this run (observations inserted/updated/unchanged).",
+    )
