@@ -144,13 +144,14 @@ def predict_returns(
     model_version: str | None = None,
     device: str = "auto",
     batch_size: int = 4096,
+    threads: int | None = None,
 ) -> dict:
     """Predict every eligible symbol's next-session return with the promoted (or pinned) model."""
     logger = get_run_logger()
     settings = get_settings()
     engine = engine_from_settings(settings)
     torch_device = model.pick_device(device)
-    model.set_threads(None)
+    model.set_threads(threads)
 
     row = model_store.find_version(engine, market, model_version)
     blob = model_store.read_checkpoint(row["uri"], settings.model_dir)

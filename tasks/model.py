@@ -68,7 +68,8 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def set_threads(threads: int | None = None) -> int:
     """Cap CPU threads: a GRU this small gains nothing past a few, and the hosts are shared."""
-    threads = threads or min(4, os.cpu_count() or 1)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = threads or min(4, usable or 1)
     torch.set_num_threads(threads)
     return threads
 

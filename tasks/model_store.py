@@ -12,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from tasks import schema
 from tasks.features import PRICE_COLUMNS, WINDOW, market_of
-from tasks.model import NoPromotedModel
+from tasks.model import ModelError, NoPromotedModel
 
 MODEL_BLOCK = "investflow-models"
 log = logging.getLogger(__name__)
@@ -182,5 +182,10 @@ def find_version(engine: Engine, market: str, pinned: str | None = None) -> dict
         raise NoPromotedModel(
             f"no promoted model for market {market}: run the train-model flow "
             f"(prefect deployment run 'train-model/...') until a version beats the baselines"
+        )
+    if row["market"] != market:
+        raise ModelError(
+            f"model_version {row['version']!r} was trained for market {row['market']}, not "
+            f"{market}: its normalisation does not fit {market} prices"
         )
     return dict(row)

@@ -167,6 +167,11 @@ def test_prediction_without_a_promoted_model_says_to_run_train_model(pg_engine, 
     assert stored_predictions(pg_engine).empty
 
 
+def test_a_model_of_another_market_is_refused(pg_engine, trained):
+    with pytest.raises(model.ModelError, match="trained for market US, not KR"):
+        predict_returns(market="KR", model_version=trained["version"], device="cpu")
+
+
 def test_a_corrupted_checkpoint_is_refused_and_nothing_is_written(pg_engine, trained):
     path = Path(trained["uri"].removeprefix("file://"))
     blob = bytearray(path.read_bytes())
