@@ -6,6 +6,7 @@ the stored backoff instead of hammering the API.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -62,6 +63,12 @@ def save_state(display_name: str, state: LaunchState) -> None:
 def clear_state(display_name: str) -> None:
     """Forget the campaign once the instance exists, so a later one starts fresh."""
     Variable.unset(variable_name(display_name))
+
+
+def retry_token(display_name: str, state: LaunchState, ad: str) -> str:
+    """The opc-retry-token of the next launch: the same for a replay of the same attempt."""
+    seed = f"{display_name}|{state.started_at}|{state.attempts}|{ad}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
 def throttle_wait(

@@ -14,6 +14,7 @@ from tasks.launch_state import (
     after_refusal,
     clear_state,
     load_state,
+    retry_token,
     save_state,
     throttle_wait,
 )
@@ -226,3 +227,12 @@ def test_campaign_state_survives_in_a_prefect_variable():
     assert (again.attempts, again.throttle_streak, again.next_attempt_at) == (4, 2, 123.5)
     clear_state(name)
     assert load_state(name).attempts == 0
+
+
+def test_the_retry_token_is_stable_for_a_replayed_attempt_and_new_for_the_next():
+    state = LaunchState(started_at=1.0, attempts=3)
+    token = retry_token("a1", state, ADS[0])
+    assert token == retry_token("a1", LaunchState(started_at=1.0, attempts=3), ADS[0])
+    assert len(token) <= 64 and token != retry_token(
+        "a1", LaunchState(started_at=1.0, attempts=4), ADS[0]
+    )

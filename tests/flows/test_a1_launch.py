@@ -1,0 +1,267 @@
+"""The A1 launch flow end to end: real oci SDK (signing with a fresh key) against a local OCI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogHandler
+from pydantic import SecretStr
+
+import tasks.notify
+from blocks.oci import OciCredentials
+from flows.a1_launch import launch_a1_instance
+from tasks.launch_state import load_state
+from tasks.notify import AlertLimiter
+from tasks.settings import PROJECT_ROOT
+from tests.fakes.oci import ADS, FakeClock, FakeOci, make_api_key
+from tests.fakes.webhook import FakeWebhook
+
+pytestmark = pytest.mark.integration
+
+COMPARTMENT = "ocid1.compartment.oc1..test"
+
+
+@pytest.fixture(scope="module")
+def api_key():
+    return make_api_key()
+
+
+@pytest.fixture
+def oci_fake(api_key, monkeypatch):
+    with FakeOci(api_key) as server:
+        monkeypatch.setenv("INVESTFLOW_OCI_ENDPOINT", server.url)
+        yield server
+
+
+@pytest.fixture
+def webhook(monkeypatch):
+    with FakeWebhook() as server:
+        monkeypatch.setenv("INVESTFLOW_ALERT_WEBHOOK_URL", server.url + "/hook")
+        # each test starts with a fresh alert budget, as a new worker process would
+        monkeypatch.setattr(tasks.notify, "_LIMITER", AlertLimiter())
+        yield server
+
+
+@pytest.fixture
+def creds_block(api_key):
+    name = f"oci-test-{uuid.uuid4().hex[:8]}"
+    OciCredentials(
+        user=api_key.user,
+        tenancy=api_key.tenancy,
+        fingerprint=api_key.fingerprint,
+        region="ap-chuncheon-1",
+        private_key=SecretStr(api_key.pem),
+    ).save(name)
+    return name
+
+
+@pytest.fixture
+def name():
+    return f"a1-{uuid.uuid4().hex[:8]}"
+
+
+def launch(name, block, clock, **params):
+    return launch_a1_instance(
+        compartment_id=COMPARTMENT,
+        subnet_id="ocid1.subnet.oc1..s",
+        image_id="ocid1.image.oc1..i",
+        display_name=name,
+        ssh_public_key="ssh-ed25519 AAAAC3Nz test",
+        credentials_block=block,
+        clock=clock.time,
+        sleep=clock.sleep,
+        return_state=True,
+        **params,
+    )
+
+
+def attempts_table(state) -> list[dict]:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    (table,) = [a for a in artifacts if a.key == "a1-launch-attempts"]
+    return json.loads(table.data)
+
+
+def test_capacity_three_times_then_one_launch_cycling_the_ads(oci_fake, webhook, creds_block, name):
+    oci_fake.script_launch("capacity", "capacity", "capacity")
+    clock = FakeClock()
+    state = launch(name, creds_block, clock, retry_interval_seconds=60, retry_jitter_seconds=15)
+
+    result = state.result()
+    assert state.is_completed() and result["status"] == "launched"
+    assert oci_fake.launches == 4 and oci_fake.bad_signatures == 0
+    assert [r.json()["availabilityDomain"] for r in oci_fake.launch_requests] == [
+        ADS[0],
+        ADS[1],
+        ADS[2],
+        ADS[0],
+    ]
+    assert len({r.headers["opc-retry-token"] for r in oci_fake.launch_requests}) == 4
+    assert len([i for i in oci_fake.instances if i["displayName"] == name]) == 1
+    # the three ADs are tried back to back, then one pause of the interval plus jitter
+    assert len(clock.sleeps) == 1 and 60 <= clock.sleeps[0] <= 75
+    ready = webhook.matching("A1 instance ready")
+    assert len(ready) == 1
+    assert result["instance_id"] in ready[0] and ADS[0] in ready[0] and "203.0.113.10" in ready[0]
+    assert len(webhook.matching("A1 launch started")) == 1
+    rows = attempts_table(state)
+    assert [r["outcome"] for r in rows] == ["capacity", "capacity", "capacity", "launched"]
+    assert rows[0]["oci_code"] == "500 InternalError" and rows[2]["wait_s"] >= 60
+    assert load_state(name).attempts == 0  # campaign cleared once the instance exists
+
+
+def test_throttling_backs_off_exponentially_within_bounds(oci_fake, webhook, creds_block, name):
+    oci_fake.script_launch("throttle", "throttle", "throttle", "throttle")
+    clock = FakeClock()
+    state = launch(name, creds_block, clock, max_run_minutes=1000)
+
+    assert state.result()["status"] == "launched" and oci_fake.launches == 5
+    waits = clock.sleeps
+    for wait, step in zip(waits, [900, 1800, 3600, 3600], strict=True):
+        assert step <= wait <= step + 120
+    assert waits[0] < waits[1] < waits[2]
+    # every 429 retried the same AD, and the channel heard of the throttling once, not 4 times
+    assert {r.json()["availabilityDomain"] for r in oci_fake.launch_requests} == {ADS[0]}
+    assert len(webhook.matching("throttled")) == 1
+
+
+def test_not_authenticated_stops_after_one_call_and_alerts(oci_fake, webhook, creds_block, name):
+    oci_fake.script_launch("auth")
+    state = launch(name, creds_block, FakeClock())
+
+    assert state.is_failed() and oci_fake.launches == 1
+    error = str(state.result(raise_on_failure=False))
+    assert "NotAuthenticated" in error and "opc-request-id fake/" in error
+    failed = webhook.matching("A1 launch failed")
+    assert len(failed) == 1 and "NotAuthenticated" in failed[0]
+
+
+@pytest.mark.parametrize("lifecycle", ["RUNNING", "STOPPED"])
+def test_an_existing_instance_means_zero_launches(oci_fake, webhook, creds_block, name, lifecycle):
+    existing = oci_fake.add_instance(name, lifecycle)
+    state = launch(name, creds_block, FakeClock())
+
+    assert state.result()["status"] == "exists"
+    assert state.result()["instance_id"] == existing["id"]
+    assert oci_fake.launches == 0 and webhook.count() == 0
+
+
+def test_limit_exceeded_relists_and_finds_the_instance(oci_fake, webhook, creds_block, name):
+    # The instance exists but the list lags: hidden from the first two lists (the start-of-run
+    # check and the pre-attempt list), so the launch answers LimitExceeded.
+    oci_fake.add_instance(name, "PROVISIONING", hidden_lists=2)
+    oci_fake.script_launch("limit")
+    clock = FakeClock()
+    state = launch(name, creds_block, clock, limit_relist_seconds=60)
+
+    assert state.result()["status"] == "exists" and oci_fake.launches == 1
+    assert clock.sleeps[0] == 60
+    assert len(webhook.matching("A1 instance ready")) == 1
+
+
+def test_shape_missing_in_an_ad_drops_it_and_goes_on(oci_fake, webhook, creds_block, name):
+    oci_fake.ad_outcome[ADS[0]] = "shape"
+    oci_fake.script_launch("capacity")
+    state = launch(name, creds_block, FakeClock())
+
+    assert state.result()["availability_domain"] == ADS[2]
+    assert [r.json()["availabilityDomain"] for r in oci_fake.launch_requests] == [
+        ADS[0],
+        ADS[1],
+        ADS[2],
+    ]
+
+
+def test_a_killed_run_resumes_the_stored_backoff(oci_fake, webhook, creds_block, name):
+    oci_fake.default = "throttle"
+    code = (
+        "from flows.a1_launch import launch_a1_instance as f; "
+        f"f(compartment_id={COMPARTMENT!r}, subnet_id='s', image_id='i', display_name={name!r}, "
+        f"credentials_block={creds_block!r}, throttle_base_seconds=30, "
+        "throttle_jitter_seconds=5)"
+    )
+    worker = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 90
+        while load_state(name).throttle_streak < 1:
+            assert worker.poll() is None and time.time() < deadline, "worker never got a 429"
+            time.sleep(0.5)
+        worker.kill()  # mid-backoff, like a rebooted node
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    stored = load_state(name)
+    assert oci_fake.launches == 1 and stored.attempts == 1
+
+    # A new run: it first waits out what is left of the stored backoff, and the next 429
+    # continues the streak (60 s = base * 2), instead of starting over at the base.
+    oci_fake.default = "ok"
+    oci_fake.script_launch("throttle")
+    start = time.time()
+    clock = FakeClock(start=start)
+    state = launch(name, creds_block, clock, throttle_base_seconds=30, throttle_jitter_seconds=5)
+
+    assert state.result()["status"] == "launched" and oci_fake.launches == 3
+    assert 0 < clock.sleeps[0] <= 35
+    assert abs(start + clock.sleeps[0] - stored.next_attempt_at) < 0.01
+    assert 60 <= clock.sleeps[1] <= 65
+    assert len(webhook.matching("A1 launch started")) == 1  # resumed, not restarted
+
+
+def test_no_private_key_text_in_logs_artifacts_or_alerts(
+    oci_fake, webhook, creds_block, name, api_key
+):
+    oci_fake.script_launch("capacity", "throttle", "unavailable", "auth")
+    state = launch(name, creds_block, FakeClock(), progress_every=1)
+    assert state.is_failed() and oci_fake.launches == 4
+
+    APILogHandler().flush()
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+        run = client.read_flow_run(run_id)
+    assert any("Attempt 3" in log.message for log in logs)  # the logs did reach the server
+    key_lines = [line for line in api_key.pem.splitlines() if "-----" not in line]
+    haystacks = {
+        "logs": "\n".join(log.message for log in logs),
+        "artifact": json.dumps(attempts_table(state)),
+        "webhook": b"".join(webhook.raw_bodies).decode(),
+        "parameters": json.dumps(run.parameters, default=str),
+    }
+    assert webhook.count() >= 4
+    for where, text in haystacks.items():
+        assert "PRIVATE KEY" not in text, where
+        assert not any(line in text for line in key_lines), where
+
+
+def test_a_gateway_error_replays_the_same_request_and_token(oci_fake, webhook, creds_block, name):
+    oci_fake.script_launch("unavailable")
+    clock = FakeClock()
+    state = launch(name, creds_block, clock, retry_interval_seconds=60, retry_jitter_seconds=0)
+
+    assert state.result()["status"] == "launched" and clock.sleeps[0] == 60
+    first, second = oci_fake.launch_requests
+    assert first.headers["opc-retry-token"] == second.headers["opc-retry-token"]
+    assert first.json() == second.json()
