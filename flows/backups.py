@@ -1,0 +1,189 @@
+"""Backups of PostgreSQL and Redis on the data node: dump, checksum, keep, copy offsite, verify."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+from tasks import backup_catalog as catalog
+from tasks import backup_files as bf
+from tasks import postgres, s3
+from tasks import redis as redis_backup
+from tasks.settings import get_settings
+from tasks.store import engine_from_settings
+
+verify_checksums = task(name="verify-checksums", cache_policy=NONE)(bf.verify_set)
+
+
+@flow(name="backup-postgres", log_prints=True)
+def backup_postgres(
+    databases: list[str] | None = None,
+    keep_daily: int = 7,
+    keep_weekly: int = 4,
+    keep_monthly: int = 0,
+    offsite: bool | None = None,
+    max_dump_bytes: int | None = None,
+) -> list[dict]:
+    """pg_dump -Fc each database (URLs or names; default: the configured ones) and keep them.
+
+    offsite: None copies offsite when the S3Bucket block exists; True requires it; False skips.
+    max_dump_bytes: a disk quota for one dump; a dump that grows past it fails cleanly.
+    """
+    settings = get_settings()
+    targets = postgres.resolve_targets(databases, settings)
+    jobs = {
+        t.label: (
+            lambda keep, t=t: postgres.backup_database(
+                t, settings.backup_dir, keep, max_bytes=max_dump_bytes
+            )
+        )
+        for t in targets
+    }
+    return _back_up_each(
+        "postgres", jobs, settings, _keep(keep_daily, keep_weekly, keep_monthly), offsite
+    )
+
+
+@flow(name="backup-redis", log_prints=True)
+def backup_redis(
+    keep_daily: int = 7,
+    keep_weekly: int = 4,
+    keep_monthly: int = 0,
+    offsite: bool | None = None,
+    method: str = "auto",
+) -> list[dict]:
+    """Snapshot the Redis at INVESTFLOW_REDIS_URL and keep it like the database dumps.
+
+    method: "auto" copies the server's own RDB after BGSAVE when it is on this host, else
+    pulls with `redis-cli --rdb`; "rdb-cli" always pulls.
+    """
+    settings = get_settings()
+    target = redis_backup.RedisTarget(settings.redis_url)
+    jobs = {
+        target.label: (
+            lambda keep: redis_backup.backup_server(
+                target, settings.backup_dir, keep, method=method
+            )
+        )
+    }
+    return _back_up_each(
+        "redis", jobs, settings, _keep(keep_daily, keep_weekly, keep_monthly), offsite
+    )
+
+
+@flow(name="verify-backups", log_prints=True)
+def verify_backups(databases: list[str] | None = None, redis: bool = True) -> list[dict]:
+    """Prove the backups: every retained file against its checksum, newest dumps restored."""
+    logger = get_run_logger()
+    settings = get_settings()
+    root, engine = Path(settings.backup_dir), engine_from_settings(settings)
+    rows, problems = [], []
+
+    for bset in bf.retained_sets(root):
+        problem = verify_checksums(bset)
+        rows.append(
+            {"check": "sha256", "file": str(bset.data.relative_to(root)), "result": problem or "ok"}
+        )
+        if problem:
+            problems.append(problem)
+            catalog.record_verification(
+                engine,
+                bset.data.parent.parent.name,
+                str(bset.data),
+                None,
+                False,
+                {"error": problem},
+                bf.utcnow(),
+            )
+
+    restores: list[tuple[str, Callable[[], dict]]] = []
+    pg_dir = root / "postgres"
+    if databases or (pg_dir.is_dir() and any(pg_dir.iterdir())):
+        for target in postgres.resolve_targets(databases, settings):
+            restores.append((target.label, lambda t=target: postgres.verify_restore(t, root)))
+    if redis and (root / "redis").is_dir():
+        for tdir in sorted(p for p in (root / "redis").iterdir() if p.is_dir()):
+            restores.append((tdir.name, lambda d=tdir: redis_backup.verify_restore(d)))
+
+    for label, restore in restores:
+        started = bf.utcnow()
+        try:
+            result = restore()
+        except Exception as exc:  # noqa: BLE001 - every target is tried; the run fails below
+            problems.append(f"{label}: {exc}")
+            rows.append({"check": "restore", "file": label, "result": f"FAILED: {exc}"})
+            catalog.record_verification(
+                engine, label, "", None, False, {"error": str(exc)}, started
+            )
+            continue
+        rows.append({"check": "restore", "file": result["path"], "result": "ok"})
+        catalog.record_verification(
+            engine,
+            label,
+            result["path"],
+            result["sha256"],
+            True,
+            {k: str(v) for k, v in result.items()},
+            started,
+        )
+
+    ages = catalog.newest_verified(engine)
+    catalog.publish("verify-backups", rows, _ages_text(ages))
+    if problems:
+        raise bf.BackupError("backup verification failed:\n" + "\n".join(problems))
+    logger.info("Verified %d files and %d restores", len(rows) - len(restores), len(restores))
+    return rows
+
+
+# ------------------------------------------------------------------ shared by both backups
+
+
+def _keep(daily: int, weekly: int, monthly: int) -> dict[str, int]:
+    return {"daily": daily, "weekly": weekly, "monthly": monthly}
+
+
+def _back_up_each(
+    kind: str, jobs: dict, settings, keep: dict[str, int], offsite: bool | None
+) -> list[dict]:
+    """Run each target's backup, copy it offsite, catalog it; one failure doesn't stop the rest."""
+    root, engine = Path(settings.backup_dir), engine_from_settings(settings)
+    bucket = s3.load_bucket(offsite, settings.s3_endpoint_url)
+    rows, failures = [], []
+    for label, job in jobs.items():
+        started = bf.utcnow()
+        try:
+            stored = job(keep)
+        except Exception as exc:  # noqa: BLE001 - recorded, and the run fails below
+            failures.append(f"{label}: {exc}")
+            catalog.record_failure(engine, kind, label, str(exc), started)
+            rows.append(
+                {"file": label, "size": "", "sha256": "", "status": f"FAILED: {exc}", "offsite": ""}
+            )
+            continue
+        remote = {}
+        if bucket is not None:
+            try:
+                remote = s3.upload_backup(bucket, root, stored)
+                s3.prune_remote(bucket, root, stored.backup.data.parent.parent, keep)
+            except Exception as exc:  # noqa: BLE001 - the local backup stands; the run fails
+                failures.append(f"{label}: offsite copy failed: {exc}")
+        catalog.record_backup(engine, kind, label, stored, remote)
+        rows += catalog.file_rows(stored, remote)
+    catalog.publish(f"backup-{kind}", rows, _ages_text(catalog.newest_verified(engine)))
+    if failures:
+        raise bf.BackupError(
+            f"{len(failures)} of {len(jobs)} {kind} backup(s) failed (older backups untouched):\n"
+            + "\n".join(failures)
+        )
+    return rows
+
+
+def _ages_text(ages: list[dict]) -> str:
+    if not ages:
+        return "No backup has been verified by a restore yet."
+    return "Newest verified backup: " + "; ".join(
+        f"{a['target']} {a['age_hours']} h ago" for a in ages
+    )

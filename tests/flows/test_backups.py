@@ -1,0 +1,140 @@
+"""The backup flows end to end: real PostgreSQL, Redis, Prefect server and a local S3."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from flows.backups import backup_postgres, backup_redis, verify_backups
+from tasks import backup_files as bf
+from tasks.schema import backup_catalog
+from tests.conftest import create_database, drop_database
+from tests.fakes.s3 import FakeS3
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def source_db(pg_admin_url):
+    url = create_database(pg_admin_url, prefix="investflow_bkflow")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE prices (symbol text, d date, close float8)")
+        conn.execute(
+            "INSERT INTO prices SELECT 'S' || (g % 20), date '2021-01-01' + g, g "
+            "FROM generate_series(1, 5000) g"
+        )
+    yield url
+    drop_database(url)
+
+
+@pytest.fixture
+def env(pg_engine, source_db, redis_url, tmp_path, monkeypatch):
+    """Backups under tmp_path, the catalog in the test store, the source db by URL."""
+    monkeypatch.setenv("INVESTFLOW_BACKUP_DIR", str(tmp_path / "backups"))
+    monkeypatch.setenv("INVESTFLOW_BACKUP_DATABASE_URLS", source_db)
+    monkeypatch.setenv("INVESTFLOW_REDIS_URL", redis_url.rsplit("/", 1)[0] + "/9")
+    return tmp_path / "backups"
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    with FakeS3() as fake:
+        fake.save_blocks(folder="investflow")
+        monkeypatch.setenv("INVESTFLOW_S3_ENDPOINT_URL", fake.url)
+        yield fake
+        fake.delete_blocks()
+
+
+def local_files(root):
+    return {
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.parent.name in bf.TIERS
+    }
+
+
+def catalog_rows(engine, **where):
+    query = sa.select(backup_catalog).order_by(backup_catalog.c.id)
+    for column, value in where.items():
+        query = query.where(backup_catalog.c[column] == value)
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
+
+
+def test_backups_land_offsite_with_matching_checksums_and_remote_retention_follows(
+    env, s3, pg_engine
+):
+    for _ in range(3):
+        backup_postgres(keep_daily=2, keep_weekly=1)
+    backup_redis(keep_daily=2, keep_weekly=1)
+
+    files = local_files(env)
+    pg_daily = [f for f in files if f.startswith("postgres/") and "/daily/" in f]
+    assert len(pg_daily) == 4  # 2 kept dumps + their manifests
+    # The bucket holds exactly the kept files: the pruned ones went there too.
+    assert s3.keys("investflow/") == {f"investflow/{f}" for f in files}
+    for f in files:
+        if not f.endswith(bf.MANIFEST_SUFFIX):
+            sha = json.loads((env / bf.manifest_path(env / f).relative_to(env)).read_text())
+            b64 = base64.b64encode(bytes.fromhex(sha["sha256"])).decode()
+            assert s3.checksum_sha256(f"investflow/{f}") == b64
+
+    ok = catalog_rows(pg_engine, kind="postgres", status="ok")
+    pruned = catalog_rows(pg_engine, kind="postgres", status="pruned")
+    assert len(ok) == 2 + 1 and len(pruned) == 1  # daily x2 + weekly; the oldest daily pruned
+    assert all(r["remote_uri"].startswith("s3://investflow-backups-test/investflow/") for r in ok)
+    assert ok[0]["detail"]["row_counts"] == {"public.prices": 5000}
+    assert catalog_rows(pg_engine, kind="redis", status="ok")
+
+    rows = verify_backups()
+    assert {r["result"] for r in rows} == {"ok"}
+    verified = catalog_rows(pg_engine, kind="verify", status="verified")
+    assert len(verified) == 2 and all(r["verified_at"] for r in verified)
+    newest = catalog_rows(pg_engine, kind="postgres", status="ok")[-1]
+    assert newest["verified_at"] is not None
+
+
+def test_a_flipped_byte_in_a_retained_dump_fails_verification_naming_the_file(env, pg_engine):
+    backup_postgres()
+    dump = next((env / "postgres").rglob("daily/*.dump"))
+    with open(dump, "r+b") as fh:
+        fh.seek(dump.stat().st_size // 2)
+        byte = fh.read(1)
+        fh.seek(-1, 1)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+
+    with pytest.raises(bf.BackupError, match=dump.name):
+        verify_backups(redis=False)
+    failed = catalog_rows(pg_engine, kind="verify", status="failed")
+    assert any(dump.name in r["detail"]["error"] for r in failed)
+
+
+def test_a_failed_dump_fails_the_run_and_keeps_the_good_backups(env, pg_engine, source_db):
+    backup_postgres()
+    before = {p: p.stat().st_ino for p in (env / "postgres").rglob("*") if p.is_file()}
+
+    with pytest.raises(bf.BackupError, match=r"(?s)1 of 1 postgres backup.*pg_dump of .* failed"):
+        backup_postgres(max_dump_bytes=4096)
+
+    after = {p: p.stat().st_ino for p in (env / "postgres").rglob("*") if p.is_file()}
+    assert after == before  # nothing deleted, nothing half-written left behind
+    failed = catalog_rows(pg_engine, kind="postgres", status="failed")
+    assert len(failed) == 1 and "File too large" in failed[0]["detail"]["error"]
+
+
+def test_a_database_by_name_on_the_configured_server(env, pg_engine, source_db, monkeypatch):
+    # Issue 9's `prefect` database is backed up the same way: any name on the server.
+    monkeypatch.delenv("INVESTFLOW_BACKUP_DATABASE_URLS")
+    name = source_db.rsplit("/", 1)[1]
+    rows = backup_postgres(databases=[name], offsite=False)
+    assert rows[0]["file"].startswith(f"daily/{name}-") and rows[0]["status"] == "kept (new)"
+
+
+def test_offsite_required_without_the_block_fails_before_dumping(env):
+    with pytest.raises(bf.BackupError, match="investflow-backups"):
+        backup_postgres(offsite=True)
+    assert not (env / "postgres").exists()
