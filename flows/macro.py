@@ -79,6 +79,8 @@ def ingest_macro(
     retry_backoff_s: float = 2.0,
 ) -> list[dict]:
     """Bring FRED series up to date: metadata, observations, and optionally revisions."""
+    if revision_window_days < 0 or not 0 <= max_failed_ratio <= 1:
+        raise ValueError("revision_window_days must be >= 0 and max_failed_ratio within 0..1")
     logger = get_run_logger()
     settings = get_settings()
     api_key = resolve_api_key(settings)  # a missing key stops the run before any request
