@@ -69,7 +69,7 @@ def ingest_series(client, engine, series_id: str, since: dt.date, vintages: bool
     )  # fmt: skip
 
 
-@flow(name="macro")
+@flow(name="macro", retries=2, retry_delay_seconds=300, timeout_seconds=1800)
 def ingest_macro(
     series: list[str] = list(DEFAULT_SERIES),  # noqa: B006 - never mutated; shown in the UI
     start: dt.date | None = None,
