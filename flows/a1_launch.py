@@ -60,7 +60,7 @@ def launch_a1_instance(
     throttle_max_seconds: float = 3600,
     throttle_jitter_seconds: float = 120,
     limit_relist_seconds: float = 60,
-    max_run_minutes: float = 55,
+    max_run_minutes: float = 9,  # under the 10-minute schedule: runs never overlap
     progress_every: int = 20,
     credentials_block: str = "oci-credentials",
     pause_schedule_when_done: bool = True,

@@ -234,7 +234,7 @@ def test_no_private_key_text_in_logs_artifacts_or_alerts(
     oci_fake, webhook, creds_block, name, api_key
 ):
     oci_fake.script_launch("capacity", "throttle", "unavailable", "auth")
-    state = launch(name, creds_block, FakeClock(), progress_every=1)
+    state = launch(name, creds_block, FakeClock(), progress_every=1, max_run_minutes=1000)
     assert state.is_failed() and oci_fake.launches == 4
 
     APILogHandler().flush()
@@ -265,3 +265,51 @@ def test_a_gateway_error_replays_the_same_request_and_token(oci_fake, webhook, c
     first, second = oci_fake.launch_requests
     assert first.headers["opc-retry-token"] == second.headers["opc-retry-token"]
     assert first.json() == second.json()
+
+
+def test_a_run_ends_at_max_run_minutes_and_leaves_the_wait_stored(
+    oci_fake, webhook, creds_block, name
+):
+    oci_fake.default = "capacity"
+    clock = FakeClock()
+    state = launch(
+        name,
+        creds_block,
+        clock,
+        retry_interval_seconds=300,
+        retry_jitter_seconds=0,
+        max_run_minutes=9,
+        progress_every=3,
+    )
+
+    result = state.result()
+    # two rounds of three ADs fit in 9 minutes (one 300 s pause); a second pause would not
+    assert result["status"] == "waiting" and oci_fake.launches == 6
+    assert clock.sleeps == [300]
+    stored = load_state(name)
+    assert stored.attempts == 6 and stored.next_attempt_at == clock.now + 300
+    assert len(webhook.matching("still trying")) == 1  # 2 progress alerts, coalesced to one
+
+
+def test_once_the_instance_exists_the_flow_pauses_its_own_deployment(
+    oci_fake, webhook, creds_block, name
+):
+    from prefect.flow_engine import run_flow
+
+    oci_fake.add_instance(name, "RUNNING")
+    parameters = dict(
+        compartment_id=COMPARTMENT,
+        subnet_id="s",
+        image_id="i",
+        display_name=name,
+        credentials_block=creds_block,
+    )
+    deployment_id = launch_a1_instance.to_deployment(
+        name=f"a1-{name}", parameters=parameters, cron="*/10 * * * *"
+    ).apply()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id)
+        assert client.read_deployment(deployment_id).paused is False
+        result = run_flow(launch_a1_instance, flow_run=flow_run, parameters=parameters)
+        assert result["status"] == "exists" and oci_fake.launches == 0
+        assert client.read_deployment(deployment_id).paused is True
