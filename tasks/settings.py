@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     # Routes (work pools): where the real pools send work. See deployments/pools.py.
     aws_region: str = "ap-northeast-2"
     ecs_cluster: str = "investflow"
+    # The ECS worker checks the subnets belong to this VPC; required with ecs_subnets.
+    ecs_vpc_id: str | None = None
     ecs_subnets: list[str] = []
     ecs_security_groups: list[str] = []
     ecs_execution_role_arn: str | None = None
