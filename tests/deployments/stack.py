@@ -1,0 +1,136 @@
+"""Drive a real local stack from tests: servers, `prefect deploy`, workers, CLI runs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import UUID
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def stack_env(**overrides: str) -> dict[str, str]:
+    """This process's environment (the session's server) plus what the stack needs."""
+    env = os.environ.copy()
+    env.update(
+        INVESTFLOW_CODE_DIR=str(ROOT),
+        # Poll every 2 s rather than 10 s, so triggered runs start promptly in tests.
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        PREFECT_WORKER_HEARTBEAT_SECONDS="5",
+    )
+    env.update(overrides)
+    return env
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
+    """Run a command from the repository root; fail with its output if it fails."""
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-4000:]}"
+        )
+    return proc.stdout + proc.stderr
+
+
+def bootstrap_and_deploy(env: dict[str, str]) -> str:
+    """Local process pools, then `prefect deploy --all` of prefect.yaml."""
+    run([str(BIN / "python"), "-m", "deployments.bootstrap", "--local", "pools"], env)
+    return run([str(BIN / "prefect"), "--no-prompt", "deploy", "--all"], env, timeout=600)
+
+
+@contextlib.contextmanager
+def worker(pool: str, env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Popen]:
+    """A process worker serving pool until the block ends."""
+    log = open(log_dir / f"worker-{pool}.log", "wb")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "prefect"),
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            f"test-{pool}",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
+
+
+def deployment_run(name: str, env: dict[str, str], *params: str) -> UUID:
+    """`prefect deployment run NAME --param k=v ...`; return the new flow run's id."""
+    args = [str(BIN / "prefect"), "deployment", "run", name]
+    for param in params:
+        args += ["--param", param]
+    out = run(args, env)
+    match = UUID_RE.search(out)
+    assert match, out
+    return UUID(match.group(0))
+
+
+def wait_for_final_state(flow_run_id: UUID, timeout: float = 180):
+    """Poll the API until the run is final; return the run."""
+    from prefect.client.orchestration import get_client
+
+    deadline = time.time() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            flow_run = client.read_flow_run(flow_run_id)
+            if flow_run.state and flow_run.state.is_final():
+                return flow_run
+            if time.time() > deadline:
+                raise AssertionError(
+                    f"flow run {flow_run_id} still {flow_run.state_name} after {timeout} s"
+                )
+            time.sleep(1)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll predicate until it returns something truthy; return that."""
+    deadline = time.time() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    def healthy():
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+                return resp.status == 200
+        except OSError as exc:
+            # An auth-guarded server answers 401 to the unauthenticated probe: it is up.
+            return getattr(exc, "code", None) == 401
+
+    wait_until(healthy, timeout, f"the Prefect server at {api_url}")
