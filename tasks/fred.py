@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from fredapi import Fred
 from pydantic import SecretStr
 
+from tasks.redact import redact
 from tasks.schema import macro_vintages
 from tasks.settings import MissingSetting
 
@@ -29,7 +30,6 @@ SECRET_BLOCK = "fred-api-key"
 MAX_VINTAGES = 2000  # FRED refuses a real-time period holding more vintage dates than this
 LATEST_REALTIME = dt.date(9999, 12, 31)
 SERIES_ID_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
-_KEY_IN_URL = re.compile(r"(api_key=)[^&\s'\"<>()]*", re.IGNORECASE)
 
 
 class FredError(RuntimeError):
@@ -46,11 +46,7 @@ class FredKeyError(FredError):
 
 def scrub(text: object, *secrets: str | None) -> str:
     """Text with every api_key=... and every given secret replaced by ***."""
-    text = _KEY_IN_URL.sub(r"\1***", str(text))
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+    return redact(text, secrets)
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:

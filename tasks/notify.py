@@ -10,14 +10,12 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import SecretStr
 
+from tasks.redact import known_secrets, redact
 from tasks.settings import Settings, get_settings
 
 BLOCK_NAME = "investflow-alerts"
 MAX_CHARS = 1900  # Discord rejects message content over 2000 characters
-
-_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S)
 
 
 class AlertLimiter:
@@ -58,24 +56,6 @@ class AlertLimiter:
 _LIMITER = AlertLimiter()
 
 
-def redact(text: str, secrets: list[str]) -> str:
-    """Remove PEM blocks and the given secret values from text bound for a channel or log."""
-    text = _PEM.sub("[redacted key]", text)
-    for secret in sorted((s for s in secrets if s and len(s) >= 6), key=len, reverse=True):
-        text = text.replace(secret, "[redacted]")
-    return text
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every SecretStr value in the settings, so none of them can leak into an alert."""
-    values = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr):
-            values.append(value.get_secret_value())
-    return values
-
-
 def send_alert(
     title: str,
     message: str,
@@ -99,7 +79,7 @@ def send_alert(
     if held:
         message = f"{message}\n({held} similar alert(s) held back since the last one)"
     settings = settings or get_settings()
-    secrets = secret_values(settings)
+    secrets = known_secrets(settings)
     title, message = redact(title, secrets), redact(message, secrets)[:MAX_CHARS]
     try:
         _deliver(title, message, settings)

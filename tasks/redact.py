@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from pydantic import SecretStr
 
 MASK = "***"
-# api_key=..., token=..., password=... in query strings; user:password@ in URLs.
+# api_key=..., token=..., password=... in query strings; user:password@ in URLs; PEM keys,
+# even when cut short by truncation.
 _QUERY_SECRET = re.compile(
-    r"(?i)\b(api_key|apikey|token|access_token|password|secret|auth)=([^&\s'\"]+)"
+    r"(?i)\b(api_key|apikey|token|access_token|password|secret|auth)=([^&\s'\"<>()]+)"
 )
-_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]+:)([^@\s/]+)(@)")
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
+_PEM = re.compile(r"-----BEGIN [A-Z0-9 ]+-----.*?(-----END [A-Z0-9 ]+-----|$)", re.S)
 
 
 def known_secrets(settings) -> list[str]:
@@ -28,10 +31,11 @@ def known_secrets(settings) -> list[str]:
     return values
 
 
-def redact(text: str, secrets: list[str] = ()) -> str:
-    """Return text with the given secret values and secret-looking parameters masked."""
+def redact(text: object, secrets: Iterable[str | None] = ()) -> str:
+    """Return text with the given secret values and secret-looking parts masked."""
+    text = _PEM.sub("[redacted key]", str(text))
     for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        if len(secret) >= 4:
+        if len(secret) >= 4:  # shorter "secrets" would mask ordinary words
             text = text.replace(secret, MASK)
     text = _QUERY_SECRET.sub(lambda m: f"{m.group(1)}={MASK}", text)
     return _URL_PASSWORD.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)

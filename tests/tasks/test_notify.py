@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from tasks.notify import AlertLimiter, block_for_url, redact, send_alert
+from tasks.notify import AlertLimiter, block_for_url, send_alert
+from tasks.redact import redact
 from tasks.settings import Settings
 from tests.fakes.webhook import FakeWebhook
 
@@ -153,4 +154,4 @@ def test_the_investflow_alerts_block_wins_over_the_setting(webhook):
 
 def test_redact_removes_pem_blocks_even_when_truncated():
     assert "MIIE" not in redact("a " + PEM[:60], [])
-    assert redact("token abcdef123 here", ["abcdef123"]) == "token [redacted] here"
+    assert redact("token abcdef123 here", ["abcdef123"]) == "token *** here"
