@@ -17,6 +17,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 # Flow runs change into this folder before importing their entrypoint (prefect.yaml pull step).
 export INVESTFLOW_CODE_DIR=$ROOT
 export INVESTFLOW_UI_URL=$PREFECT_UI_URL
+# Workers ask for new runs every 5 s (Prefect: 10 s), so alerts and triggered runs start fast.
+export PREFECT_WORKER_QUERY_SECONDS=${PREFECT_WORKER_QUERY_SECONDS:-5}
 BIN=$ROOT/.venv/bin
 
 alive() { [ -f "$STATE/pids/$1.pid" ] && kill -0 "$(cat "$STATE/pids/$1.pid")" 2>/dev/null; }
