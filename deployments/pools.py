@@ -84,13 +84,18 @@ def ecs_template(settings: Settings) -> dict:
             "cpu": FARGATE_INGEST["cpu"],
             "memory": FARGATE_INGEST["memory"],
             "execution_role_arn": settings.ecs_execution_role_arn,
-            "network_configuration": {
-                "awsvpcConfiguration": {
+            # The worker wraps this in awsvpcConfiguration itself, and checks the subnets
+            # against vpc_id; with no subnets it uses the default VPC's.
+            "vpc_id": settings.ecs_vpc_id,
+            "network_configuration": (
+                {
                     "subnets": settings.ecs_subnets,
                     "securityGroups": settings.ecs_security_groups,
                     "assignPublicIp": "ENABLED",
                 }
-            },
+                if settings.ecs_subnets
+                else {}
+            ),
             "configure_cloudwatch_logs": True,
             "cloudwatch_logs_options": {
                 "awslogs-group": settings.ecs_log_group,
