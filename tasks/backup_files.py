@@ -7,6 +7,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,17 @@ class BackupSet:
     @property
     def complete(self) -> bool:
         return self.manifest.exists()
+
+
+def run_logger():
+    """The Prefect run logger inside a run; a plain logger when called directly (benchmarks)."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_run_logger
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("investflow.backups")
 
 
 def utcnow() -> dt.datetime:
@@ -148,9 +160,7 @@ def new_data_path(tdir: Path, name: str, moment: dt.datetime, suffix: str) -> Pa
     return tdir / "daily" / f"{safe}-{stamp(moment)}{suffix}"
 
 
-def fresh_data_path(
-    tdir: Path, name: str, suffix: str, now: dt.datetime | None = None
-) -> Path:
+def fresh_data_path(tdir: Path, name: str, suffix: str, now: dt.datetime | None = None) -> Path:
     """A daily path no backup uses yet; names have 1 s resolution, so wait out a clash."""
     while True:
         path = new_data_path(tdir, name, now or utcnow(), suffix)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
 from tasks import backup_files as bf
@@ -230,7 +229,7 @@ def backup_database(
     max_bytes: int | None = None,
 ) -> bf.StoredBackup:
     """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
-    logger = get_run_logger()
+    logger = bf.run_logger()
     tdir = bf.target_dir(root, "postgres", target.dbname)
     with bf.target_lock(tdir):
         bf.clear_partials(tdir)
@@ -331,7 +330,7 @@ def verify_restore(target: PgTarget, root: Path) -> dict:
         raise bf.BackupError(
             f"restore of {newest.data} does not match its manifest: " + "; ".join(diffs)
         )
-    get_run_logger().info(
+    bf.run_logger().info(
         "Restored %s: %d tables, %d rows, all match",
         newest.data.name,
         len(restored),

@@ -18,7 +18,6 @@ from urllib.parse import unquote, urlsplit
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.logging import get_run_logger
 from pydantic import SecretStr
 
 from tasks import backup_files as bf
@@ -181,7 +180,7 @@ def backup_server(
     now: dt.datetime | None = None,
 ) -> bf.StoredBackup:
     """Snapshot one Redis server into <root>/redis/<host_port>/, then checksum and prune."""
-    logger = get_run_logger()
+    logger = bf.run_logger()
     tdir = bf.target_dir(root, "redis", target.label)
     started = bf.utcnow()
     client = target.client()
@@ -330,8 +329,8 @@ def verify_restore(tdir: Path) -> dict:
         if manifest.get("keys_source") == "redis-check-rdb":
             raise bf.BackupError(message)
         # A DBSIZE taken beside the save is only close; say so but don't fail on it.
-        get_run_logger().warning("%s (manifest count was approximate)", message)
-    get_run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
+        bf.run_logger().warning("%s (manifest count was approximate)", message)
+    bf.run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
     return {
         "path": str(newest.data),
         "sha256": manifest["sha256"],

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NONE
-from prefect.logging import get_run_logger
 
 from tasks import backup_files as bf
 
@@ -116,7 +115,7 @@ def upload_backup(bucket, root: Path, stored: bf.StoredBackup) -> dict[str, str]
         manifest = bf.manifest_path(path)
         digest, _ = bf.sha256_file(manifest)
         upload_checked(bucket, manifest, manifest.relative_to(root).as_posix(), digest)
-    get_run_logger().info("Offsite copy of %s in %s", stored.backup.data.name, sorted(uris))
+    bf.run_logger().info("Offsite copy of %s in %s", stored.backup.data.name, sorted(uris))
     return uris
 
 
@@ -155,5 +154,5 @@ def prune_remote(bucket, root: Path, tdir: Path, keep: dict[str, int]) -> list[s
                 client.delete_object(Bucket=bucket.bucket_name, Key=full_key(bucket, key))
             pruned.append(remote.key)
     if pruned:
-        get_run_logger().info("Pruned %d offsite backup(s)", len(pruned))
+        bf.run_logger().info("Pruned %d offsite backup(s)", len(pruned))
     return sorted(pruned)
