@@ -41,7 +41,7 @@ def ingest_us_prices(
     start: dt.date | None = None,
     end: dt.date | None = None,
     lookback_sessions: int = 5,
-    chunk_size: int = 50,
+    chunk_size: int = 25,
     max_failed_ratio: float = 0.2,
     as_of: dt.datetime | None = None,
     backoff_s: float = 2.0,
@@ -58,7 +58,7 @@ def ingest_kr_prices(
     start: dt.date | None = None,
     end: dt.date | None = None,
     lookback_sessions: int = 5,
-    chunk_size: int = 50,
+    chunk_size: int = 25,
     max_failed_ratio: float = 0.2,
     as_of: dt.datetime | None = None,
     backoff_s: float = 2.0,
@@ -193,34 +193,32 @@ def write_chunk(result: ChunkResult, symbols: list[str]) -> list[SymbolReport]:
     flagged: dict[str, list[str]] = {}
     for issue in issues:
         flagged.setdefault(issue.symbol, []).append(str(issue))
-    reports = []
-    groups = dict(tuple(clean.groupby("symbol", sort=False))) if not clean.empty else {}
-    for symbol in symbols:
-        if symbol in result.errors or symbol not in groups:
-            why = result.errors.get(symbol, "not fetched: the run stopped first")
-            reports.append(SymbolReport(symbol, status="failed", error=why))
-            continue
-        rows = groups[symbol]
+    reports = {}
+    # Group lazily: one symbol's rows at a time, never a second copy of the whole chunk.
+    for symbol, rows in clean.groupby("symbol", sort=False):
         written = upsert_frame(engine, "daily_prices", rows, flow_run_id=run_id)
         notes = flagged.get(symbol, []) + [str(r) for r in written.rejected]
-        reports.append(
-            SymbolReport(
-                symbol,
-                written.inserted,
-                written.updated,
-                written.unchanged,
-                len(written.rejected),
-                str(rows["trade_date"].min()),
-                str(rows["trade_date"].max()),
-                "flagged" if notes else "ok",
-                "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""),
-            )
+        reports[symbol] = SymbolReport(
+            symbol,
+            written.inserted,
+            written.updated,
+            written.unchanged,
+            len(written.rejected),
+            str(rows["trade_date"].min()),
+            str(rows["trade_date"].max()),
+            "flagged" if notes else "ok",
+            "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""),
         )
+    del clean
+    for symbol in symbols:
+        if symbol not in reports:
+            why = result.errors.get(symbol, "not fetched: the run stopped first")
+            reports[symbol] = SymbolReport(symbol, status="failed", error=why)
     if not frames.actions.empty:
         upsert_frame(engine, "corporate_actions", frames.actions, flow_run_id=run_id)
     if frames.instruments:
         save_instruments(engine, frames.instruments)
-    return reports
+    return [reports[s] for s in symbols]
 
 
 def save_instruments(engine, instruments: list[dict]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
@@ -296,35 +297,46 @@ def fetch_chunk(
     timeout_s: float = 30.0,
     backoff_s: float = 2.0,
     rate_limit: str | None = "yahoo",
+    workers: int = 2,
 ) -> ChunkResult:
     """Fetch a chunk of symbols one request at a time, each after a polite rate-limit slot."""
     session = yahoo_session(base_url)
     reset_yfinance(session)
     before = (lambda: polite(rate_limit)) if rate_limit else (lambda: None)
+
+    def one(plan: Fetch) -> Frames | str:
+        history = fetch_with_backoff(
+            lambda: fetch_history(plan.symbol, plan.start, plan.end, market.tz, session, timeout_s),
+            base_s=backoff_s,
+            before_request=before,
+        )
+        frames = to_frames(history, market.code, market.currency)
+        return frames if not frames.prices.empty else "no data: empty result"
+
     parts: list[Frames] = []
     errors: dict[str, str] = {}
     throttled = None
-    for plan in plans:
-        try:
-            history = fetch_with_backoff(
-                lambda p=plan: fetch_history(
-                    p.symbol, p.start, p.end, market.tz, session, timeout_s
-                ),
-                base_s=backoff_s,
-                before_request=before,
-            )
-        except YahooThrottled as exc:
-            throttled = f"{plan.symbol}: {exc}"
-            errors[plan.symbol] = str(exc)
-            break  # stop asking: the good symbols so far still land
-        except Exception as exc:  # noqa: BLE001 - one symbol's failure never stops the chunk
-            errors[plan.symbol] = describe_error(exc)
-            continue
-        frames = to_frames(history, market.code, market.currency)
-        if frames.prices.empty:
-            errors[plan.symbol] = "no data: empty result"
-            continue
-        parts.append(frames)
+    # A few requests in flight hide the rate-limit round trip; the server-side limit still
+    # decides the pace. Results are taken in order, so a throttled symbol stops the rest.
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yahoo") as pool:
+        futures = [(plan, pool.submit(one, plan)) for plan in plans]
+        for plan, future in futures:
+            if throttled:
+                future.cancel()
+                continue
+            try:
+                outcome = future.result()
+            except YahooThrottled as exc:
+                throttled = f"{plan.symbol}: {exc}"
+                errors[plan.symbol] = str(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - one symbol's failure never stops the chunk
+                errors[plan.symbol] = describe_error(exc)
+                continue
+            if isinstance(outcome, str):
+                errors[plan.symbol] = outcome
+            else:
+                parts.append(outcome)
     return ChunkResult(combine(parts), errors, throttled)
 
 

@@ -1,0 +1,240 @@
+"""tasks.yahoo: the real yfinance 1.7 against the local stand-in, and the pure parsers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pytest
+import yfinance as yf
+
+from tasks.quality import check_prices, stale_symbols
+from tasks.yahoo import (
+    History,
+    YahooServerError,
+    YahooThrottled,
+    backoff_delay,
+    describe_error,
+    download_to_long,
+    drop_empty_rows,
+    fetch_history,
+    fetch_with_backoff,
+    reset_yfinance,
+    to_frames,
+    yahoo_session,
+)
+from tests.fakes.yahoo import CRUMB, FakeYahoo
+
+NY = "America/New_York"
+
+
+@pytest.fixture
+def fake():
+    with FakeYahoo() as server:
+        session = yahoo_session(server.url)
+        reset_yfinance(session)
+        server.session = session
+        yield server
+
+
+def get(fake, symbol, start="2024-06-03", end="2024-06-15", tz=NY, timeout_s=5.0):
+    return fetch_history(symbol, start, end, tz, fake.session, timeout_s)
+
+
+# ---------------------------------------------------------------------------- I/O
+
+
+def test_every_yfinance_call_reaches_the_stand_in(fake):
+    history = get(fake, "AAPL")
+    assert len(history.frame) == 10 and history.currency == "USD"
+    hosts = {(r.headers.get("X-Yahoo-Host"), r.path) for r in fake.requests}
+    assert ("query2.finance.yahoo.com", "/v8/finance/chart/AAPL") in hosts
+    assert ("query1.finance.yahoo.com", "/v1/test/getcrumb") in hosts  # cookie and crumb too
+    chart = fake.chart_requests("AAPL")[0]
+    assert chart.query["crumb"] == CRUMB and chart.query["events"] == "div,splits,capitalGains"
+
+
+def test_real_yahoo_keeps_yfinances_own_session():
+    assert yahoo_session("https://query2.finance.yahoo.com") is None
+
+
+def test_unadjusted_close_adj_close_and_actions_are_kept(fake):
+    fake.splits["AAPL"] = {dt.date(2024, 6, 10): (4, 1)}
+    fake.dividends["AAPL"] = {dt.date(2024, 6, 7): 0.25}
+    frames = to_frames(get(fake, "AAPL"), "US", "USD")
+    prices = frames.prices.set_index("trade_date")
+    assert prices.loc[dt.date(2024, 6, 6), "adj_close"] < prices.loc[dt.date(2024, 6, 6), "close"]
+    assert prices.loc[dt.date(2024, 6, 7), "adj_close"] == pytest.approx(
+        prices.loc[dt.date(2024, 6, 7), "close"]
+    )
+    assert frames.actions[["action_date", "action_type", "value"]].values.tolist() == [
+        [dt.date(2024, 6, 7), "dividend", 0.25],
+        [dt.date(2024, 6, 10), "split", 4.0],
+    ]
+    assert frames.instruments == [
+        {"symbol": "AAPL", "market": "US", "currency": "USD", "exchange_tz": NY}
+    ]
+
+
+def test_per_symbol_errors_say_what_went_wrong(fake):
+    fake.delisted.add("GONE")
+    fake.malformed.add("BAD")
+    fake.empty.add("NONE")
+    reasons = {}
+    for symbol in ("GONE", "BAD", "NONE"):
+        with pytest.raises(Exception) as info:
+            get(fake, symbol)
+        reasons[symbol] = describe_error(info.value)
+    assert reasons["GONE"].startswith("no data") and "delisted" in reasons["GONE"]
+    assert reasons["BAD"].startswith("malformed payload")
+    assert reasons["NONE"].startswith("no data")
+
+
+def test_429_twice_then_success_backs_off_once(fake):
+    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=2)
+    slept, slots = [], []
+    history = fetch_with_backoff(
+        lambda: get(fake, "MSFT"),
+        base_s=0.5,
+        sleep=slept.append,
+        before_request=lambda: slots.append(1),
+    )
+    assert len(history.frame) == 10
+    # yfinance retries a 429 once itself (with a fresh crumb), then raises YFRateLimitError.
+    assert len(fake.chart_requests("MSFT")) == 3
+    assert len(slept) == 1 and 0.5 <= slept[0] <= 0.75 and len(slots) == 2
+
+
+def test_throttling_past_the_attempts_raises(fake):
+    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=100)
+    slept = []
+    with pytest.raises(YahooThrottled, match="429"):
+        fetch_with_backoff(lambda: get(fake, "MSFT"), attempts=3, sleep=slept.append)
+    assert len(slept) == 2 and slept[1] >= 2 * 2.0
+
+
+def test_server_error_and_slow_response_are_retried(fake):
+    fake.fail("/v8/finance/chart/KO", 500, "oops", times=1)
+    fake.fail("/v8/finance/chart/KO", 200, "{}", times=1, delay_s=2.0)
+    slept = []
+    history = fetch_with_backoff(
+        lambda: get(fake, "KO", timeout_s=0.5), base_s=0.01, sleep=slept.append
+    )
+    assert len(history.frame) == 10 and len(slept) == 2
+
+
+def test_server_error_is_recognised():
+    err = YahooServerError("HTTP 500 from Yahoo chart API")
+    with pytest.raises(YahooServerError):
+        fetch_with_backoff(lambda: (_ for _ in ()).throw(err), attempts=2, sleep=lambda s: None)
+
+
+def test_mixed_market_download_drops_the_other_markets_holidays(fake):
+    # 2024-09-16..18 is Chuseok in Seoul, and New York trades; 2024-06-19 the other way round.
+    wide = yf.download(
+        ["AAPL", "005930.KS"],
+        start="2024-06-17",
+        end="2024-09-20",
+        auto_adjust=False,
+        actions=True,
+        session=fake.session,
+        progress=False,
+        threads=False,
+    )
+    assert wide.xs("AAPL", axis=1, level="Ticker").isna().all(axis=1).any()
+    long = download_to_long(wide)
+    assert long[["open", "close"]].notna().all().all()
+    kr_days = set(long.loc[long.symbol == "005930.KS", "trade_date"])
+    us_days = set(long.loc[long.symbol == "AAPL", "trade_date"])
+    assert dt.date(2024, 9, 16) in us_days and dt.date(2024, 9, 16) not in kr_days
+    assert dt.date(2024, 6, 19) in kr_days and dt.date(2024, 6, 19) not in us_days
+
+
+# ---------------------------------------------------------------------------- pure
+
+
+def test_backoff_grows_and_caps_with_bounded_jitter():
+    assert 2.0 <= backoff_delay(0, 2.0, 60.0, 0.5) <= 3.0
+    assert 8.0 <= backoff_delay(2, 2.0, 60.0, 0.5) <= 12.0
+    assert 60.0 <= backoff_delay(10, 2.0, 60.0, 0.5) <= 90.0
+
+
+def test_to_frames_from_a_small_table():
+    index = pd.DatetimeIndex(["2024-06-06", "2024-06-07"]).tz_localize(NY)
+    frame = pd.DataFrame(
+        {
+            "Open": [10.0, 11.0],
+            "High": [11.0, 12.0],
+            "Low": [9.5, 10.5],
+            "Close": [10.5, 11.5],
+            "Adj Close": [10.4, 11.5],
+            "Volume": [100, 200],
+            "Dividends": [0.0, 0.1],
+            "Stock Splits": [0.0, 0.0],
+        },
+        index=index,
+    )
+    frames = to_frames(History("KO", frame, "USD", NY), "US", "USD")
+    assert frames.prices.to_dict("records")[1] == {
+        "trade_date": dt.date(2024, 6, 7),
+        "symbol": "KO",
+        "open": 11.0,
+        "high": 12.0,
+        "low": 10.5,
+        "close": 11.5,
+        "adj_close": 11.5,
+        "volume": 200,
+        "currency": "USD",
+        "source": "yahoo",
+    }
+    assert frames.actions.to_dict("records") == [
+        {
+            "symbol": "KO",
+            "action_date": dt.date(2024, 6, 7),
+            "action_type": "dividend",
+            "value": 0.1,
+            "source": "yahoo",
+        }
+    ]
+
+
+def test_drop_empty_rows_keeps_partly_priced_rows():
+    frame = pd.DataFrame({"open": [1.0, None, None], "close": [1.0, None, 2.0]})
+    assert drop_empty_rows(frame).index.tolist() == [0, 2]
+
+
+def test_quality_flags_ohlc_duplicates_zero_volume_and_unexplained_jumps():
+    d = [dt.date(2024, 6, i) for i in (3, 4, 5, 6, 6)]
+    prices = pd.DataFrame(
+        {
+            "symbol": ["X"] * 5,
+            "trade_date": d,
+            "open": [10.0, 10.0, 10.0, 25.0, 25.0],
+            "high": [11.0, 10.5, 10.5, 26.0, 26.0],
+            "low": [9.0, 9.5, 9.5, 24.0, 24.0],
+            "close": [10.0, 11.0, 10.0, 25.0, 25.0],  # Jun 4: close above high
+            "volume": [100, 100, 0, 100, 100],
+        }
+    )
+    clean, issues = check_prices(
+        prices, pd.DataFrame(columns=["symbol", "action_date", "action_type"])
+    )
+    assert len(clean) == 4
+    assert sorted((i.date.day, i.kind) for i in issues) == [
+        (4, "ohlc"),
+        (5, "zero_volume"),
+        (6, "duplicate"),
+        (6, "jump"),
+    ]
+    split = pd.DataFrame(
+        {"symbol": ["X"], "action_date": [dt.date(2024, 6, 6)], "action_type": ["split"]}
+    )
+    assert "jump" not in {i.kind for i in check_prices(prices, split)[1]}
+
+
+def test_stale_symbols_are_those_behind_the_last_session():
+    latest = {"A": dt.date(2024, 6, 14), "B": dt.date(2024, 6, 13)}
+    assert stale_symbols(latest, ["A", "B", "C"], dt.date(2024, 6, 14)) == {
+        "B": dt.date(2024, 6, 13),
+        "C": None,
+    }
