@@ -8,6 +8,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -260,3 +261,19 @@ def test_a_file_it_did_not_write_is_not_overwritten(root):
     install(root, "oracle-mumbai", "--force")
     main(["uninstall", "oracle-mumbai", "--root", str(root)])
     assert foreign.exists()  # it was there before: uninstall leaves it
+
+
+def test_a_worker_that_cannot_reach_the_server_says_so(tmp_path):
+    from tests.conftest import free_port
+
+    api = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_API_AUTH_STRING": AUTH}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "deployments/services/wait_for_server.py"),
+         "--pool", "gpu-desktop", "--timeout", "0.5", "--interval", "0.2"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert f"cannot reach the Prefect server at {api}" in proc.stderr
+    assert "retrying every" in proc.stderr
+    assert AUTH not in proc.stderr

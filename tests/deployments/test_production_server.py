@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -65,6 +64,17 @@ def server(pg_admin_url, tmp_path_factory):
         drop_database(db_url)
 
 
+def wait_for_server(api_url: str, pool: str, auth: str) -> str:
+    """What deployments/services/wait_for_server.py logs for one probe (--timeout 1)."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "PREFECT_API_AUTH_STRING": auth}
+    proc = subprocess.run(
+        [sys.executable, str(stack.ROOT / "deployments/services/wait_for_server.py"),
+         "--pool", pool, "--timeout", "0.1", "--interval", "0.1"],
+        env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    return proc.stderr
+
+
 def api_get(url: str, headers: dict[str, str] | None = None) -> int:
     request = urllib.request.Request(url, headers=headers or {})
     try:
@@ -80,6 +90,9 @@ def test_a_client_without_the_auth_string_is_refused(server):
     assert api_get(f"{api}/health") == 200
     assert api_get(f"{api}/work_pools/oracle-osaka") == 401
     assert api_get(f"{api}/admin/version", {"Authorization": "Basic d3Jvbmc6d3Jvbmc="}) == 401
+    # The worker units' start check says which of the two it is, in words.
+    assert "refused our credentials (401)" in wait_for_server(api, "oracle-osaka", "")
+    assert "has no work pool 'oracle-osaka'" in wait_for_server(api, "oracle-osaka", AUTH)
     env = stack.stack_env(PREFECT_API_URL=api, PREFECT_HOME=str(server["home"]))
     env.pop("PREFECT_API_AUTH_STRING", None)
     proc = subprocess.run(
@@ -134,6 +147,7 @@ def test_a_deployment_runs_end_to_end_and_backs_up_the_prefect_database(server, 
     wide = {**deployed["env"], "COLUMNS": "250"}  # rich would cut the names to fit
     pools = stack.run([str(stack.BIN / "prefect"), "work-pool", "ls"], wide)
     assert "oracle-osaka" in pools and "oracle-chuncheon" in pools
+    assert "is reachable" in wait_for_server(server["api_url"], "oracle-osaka", AUTH)
 
     run_id = stack.deployment_run("backup-postgres/backup-postgres", deployed["env"])
     flow_run = stack.wait_for_final_state(run_id, timeout=180)
@@ -178,5 +192,22 @@ def test_a_failed_run_alerts_once_on_the_postgresql_server(deployed):
         lambda: webhook.matching(flow_run.name), timeout=60, what="the failure alert"
     )
     assert "backup-postgres" in alerts[0] and "Failed" in alerts[0]
-    time.sleep(8)  # a duplicate would arrive within a worker poll or two
+    # Exactly one notify-failure run was triggered for it, and it is done: one alert, no more.
+    alert_runs = stack.wait_until(
+        lambda: [r for r in notify_runs() if r.parameters.get("flow_run_id") == str(run_id)],
+        timeout=30,
+        what="the notify-failure run",
+    )
+    assert len(alert_runs) == 1
+    stack.wait_for_final_state(alert_runs[0].id, timeout=60)
     assert len(webhook.matching(flow_run.name)) == 1
+
+
+def notify_runs():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["notify-failure"]))
+        )
