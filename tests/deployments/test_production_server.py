@@ -153,11 +153,17 @@ def test_a_deployment_runs_end_to_end_and_backs_up_the_prefect_database(server, 
     flow_run = stack.wait_for_final_state(run_id, timeout=180)
     assert flow_run.state.is_completed(), flow_run.state.message
 
-    # It ran on the osaka worker, authenticated, against this PostgreSQL-backed server.
+    # It ran on the osaka worker, authenticated, against this PostgreSQL-backed server; the
+    # README's health check shows the pool READY (a worker online).
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run_id).work_pool_name == "oracle-osaka"
         workers = client.read_workers_for_work_pool("oracle-osaka")
     assert any(w.status.value == "ONLINE" for w in workers)
+    inspect = stack.run(
+        [str(stack.BIN / "prefect"), "work-pool", "inspect", "oracle-osaka", "--output", "json"],
+        wide,
+    )
+    assert json.loads(inspect)["status"] == "READY"
 
     engine = sa.create_engine(
         deployed["store_url"].replace("postgresql://", "postgresql+psycopg://")
