@@ -57,6 +57,20 @@ def local_files(root):
     }
 
 
+def latest_artifact(key: str):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.CREATED_DESC,
+            limit=1,
+        )
+    return found[0]
+
+
 def catalog_rows(engine, **where):
     query = sa.select(backup_catalog).order_by(backup_catalog.c.id)
     for column, value in where.items():
@@ -96,6 +110,11 @@ def test_backups_land_offsite_with_matching_checksums_and_remote_retention_follo
     assert len(verified) == 2 and all(r["verified_at"] for r in verified)
     newest = catalog_rows(pg_engine, kind="postgres", status="ok")[-1]
     assert newest["verified_at"] is not None
+
+    # Each run left a table artifact: files kept and pruned, and the verified backup's age.
+    table = json.loads(latest_artifact("backup-postgres").data)
+    assert {r["status"] for r in table} == {"kept (new)", "pruned"}
+    assert "h ago" in latest_artifact("verify-backups").description
 
 
 def test_a_flipped_byte_in_a_retained_dump_fails_verification_naming_the_file(env, pg_engine):
