@@ -1,0 +1,158 @@
+"""Bench: us-prices backfill of 500 symbols x 10 years from the Yahoo stand-in, then a daily run,
+beside a naive single yf.download of the same universe into to_sql; peak RSS and wall time.
+
+Run: .venv/bin/python bench/ingest.py  (needs PostgreSQL at 127.0.0.1:5432, takes a few minutes)
+Each measured job runs in its own process, so its peak RSS is the whole process's, as on Fargate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SYMBOLS = [f"B{i:03d}" for i in range(500)]
+BACKFILL_AS_OF = "2026-11-20T22:00:00+00:00"  # a Friday after the NYSE close
+DAILY_AS_OF = "2026-11-23T22:00:00+00:00"  # the Monday after: one new session
+START = "2016-11-21"
+RATE_PER_S = 100.0  # the stand-in is local: measure our code, not the polite production 4/s
+ADMIN_URL = os.environ.get(
+    "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def child_flow(as_of: str, start: str | None) -> None:
+    """Run us-prices in this process and print its figures."""
+    import datetime as dt
+
+    from flows.prices import ingest_us_prices
+
+    began = time.perf_counter()
+    result = ingest_us_prices.with_options(retries=0)(
+        symbols=SYMBOLS,
+        start=dt.date.fromisoformat(start) if start else None,
+        as_of=dt.datetime.fromisoformat(as_of),
+        chunk_size=25,
+    )
+    elapsed = time.perf_counter() - began
+    print(json.dumps({"s": elapsed, "rss_mb": peak_rss_mb(), "failed": len(result["failed"])}))
+
+
+def child_naive(db_url: str) -> None:
+    """One yf.download of the whole universe, straight into to_sql."""
+    import sqlalchemy as sa
+    import yfinance as yf
+
+    from tasks.settings import get_settings
+    from tasks.yahoo import reset_yfinance, yahoo_session
+
+    session = yahoo_session(get_settings().yahoo_base_url)
+    reset_yfinance(session)
+    yf.config.debug.hide_exceptions = True
+    began = time.perf_counter()
+    wide = yf.download(
+        SYMBOLS,
+        start=START,
+        end="2026-11-21",
+        auto_adjust=False,
+        actions=True,
+        session=session,
+        progress=False,
+        threads=True,
+    )
+    long = wide.stack(level="Ticker", future_stack=True).reset_index()
+    engine = sa.create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    long.to_sql("naive_prices", engine, if_exists="replace", index=False, chunksize=10_000)
+    elapsed = time.perf_counter() - began
+    print(json.dumps({"s": elapsed, "rss_mb": peak_rss_mb(), "rows": len(long)}))
+
+
+def run_child(args: list[str], env: dict) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    import uuid
+
+    import psycopg
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.limits import ensure_rate_limits
+    from tasks.store import get_engine, migrate
+    from tests.fakes.yahoo import FakeYahoo
+
+    name = f"investflow_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    db_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        migrate(db_url)
+        with FakeYahoo() as fake, prefect_test_harness(server_startup_timeout=120):
+            ensure_rate_limits({"yahoo": (1, RATE_PER_S)})
+            env = dict(
+                os.environ,
+                INVESTFLOW_DATABASE_URL=db_url,
+                INVESTFLOW_YAHOO_BASE_URL=fake.url,
+                PREFECT_API_URL=PREFECT_API_URL.value(),
+                PREFECT_LOGGING_LEVEL="WARNING",
+                PYTHONPATH=str(ROOT),
+            )
+            backfill = run_child(["flow", BACKFILL_AS_OF, START], env)
+            before = len(fake.requests)
+            daily = run_child(["flow", DAILY_AS_OF, ""], env)
+            daily_requests = len(fake.requests) - before
+            daily_chart = len(fake.chart_requests()) - sum(
+                1 for r in fake.requests[:before] if r.path.startswith("/v8/finance/chart/")
+            )
+            naive = run_child(["naive", db_url], env)
+    finally:
+        get_engine(db_url).dispose()
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    figures = {
+        "backfill_peak_rss_mb": round(backfill["rss_mb"], 1),
+        "backfill_s": round(backfill["s"], 1),
+        "daily_s": round(daily["s"], 1),
+        "daily_requests": daily_requests,
+        "naive_peak_rss_mb": round(naive["rss_mb"], 1),
+        "naive_s": round(naive["s"], 1),
+        # context for the figures above
+        "symbols": len(SYMBOLS),
+        "daily_chart_requests": daily_chart,
+        "backfill_failed": backfill["failed"],
+        "rate_limit_per_s": RATE_PER_S,
+        "naive_rows": naive["rows"],
+    }
+    for key, value in figures.items():
+        print(f"{key:>24}: {value}")
+    out = ROOT / "bench" / "results" / "ingest.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "flow":
+        child_flow(sys.argv[2], sys.argv[3] or None)
+    elif len(sys.argv) > 1 and sys.argv[1] == "naive":
+        child_naive(sys.argv[2])
+    else:
+        main()
