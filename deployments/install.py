@@ -16,7 +16,6 @@ Only with --root / does it create the service user and call systemctl.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import pwd
@@ -309,34 +308,37 @@ def install(route: str, opts: argparse.Namespace) -> list[str]:
     files, units = plan(route, opts, root)
     dirs = list(old.get("dirs_created", []))
     preexisting = set(old.get("preexisting", []))
-    changed = []
-    for f in files:
+    for f in files:  # check everything before writing anything
         path = root / f.rel
-        for parent in reversed(path.relative_to(root).parents[:-1]):
-            if not (root / parent).exists():
-                (root / parent).mkdir(mode=0o755)
-                dirs.append(str(parent))
-        if path.exists() and f.rel not in old.get("files", {}):
+        dirs += [str(p) for p in path.relative_to(root).parents[:-1] if not (root / p).exists()]
+        if path.exists() and f.rel not in old.get("files", []):
             if not f.secret and path.read_text() != f.content and not opts.force:
                 raise SystemExit(f"{path} exists and was not written by this command: "
                                  "move it away, or pass --force to replace it")  # fmt: skip
             preexisting.add(f.rel)  # adopted: uninstall leaves it where it was
+    for rel in sorted(set(dirs), key=lambda d: d.count("/")):
+        (root / rel).mkdir(mode=0o755, exist_ok=True)
+    manifest = {
+        "route": route,
+        "user": opts.user,
+        "user_created": user_created,
+        # Paths only: a hash of an environment file would be a hash of its secrets.
+        "files": [f.rel for f in files],
+        "units": units,
+        "dirs_created": sorted(set(dirs)),
+        "preexisting": sorted(preexisting),
+    }
+    # The manifest first: an install cut short can still be uninstalled exactly.
+    mstatus = write_if_changed(mpath, (json.dumps(manifest, indent=2) + "\n").encode(), 0o600, None)
+    changed = []
+    for f in files:
+        path = root / f.rel
         status = write_if_changed(path, f.content.encode(), f.mode, owner if f.secret else None)
         report.append(f"{path}: {status}")
         if status != "unchanged":
             changed.append(f.rel)
         if f.secret and (todo := _to_fill_in(f.content)):
             report.append(f"  still to fill in there if this machine needs them: {todo}")
-    manifest = {
-        "route": route,
-        "user": opts.user,
-        "user_created": user_created,
-        "files": {f.rel: hashlib.sha256(f.content.encode()).hexdigest() for f in files},
-        "units": units,
-        "dirs_created": sorted(set(dirs)),
-        "preexisting": sorted(preexisting),
-    }
-    mstatus = write_if_changed(mpath, (json.dumps(manifest, indent=2) + "\n").encode(), 0o600, None)
     if live:
         if changed:
             _systemctl("daemon-reload")
