@@ -1,9 +1,10 @@
-"""Apply the system to a Prefect server idempotently: store, limits, pools, blocks, automations.
+"""Apply the system to a Prefect server idempotently: store, rate limits, pools, blocks.
 
-    python -m deployments.bootstrap [--local] all | migrate | limits | pools | blocks |
-                                    automations | pool-names
+    python -m deployments.bootstrap [--local] all | migrate | limits | pools | blocks | pool-names
 
---local makes every pool a process pool, so local workers serve them all (`make up`).
+--local makes every pool a process pool, so local workers serve them all (`make up`). The
+automations are deployment triggers in prefect.yaml: `prefect deploy --all` applies them,
+replacing the previous ones of each deployment, so deploying twice leaves one of each.
 """
 
 from __future__ import annotations
@@ -77,19 +78,12 @@ def apply_blocks() -> None:
         print(f"  {line}")
 
 
-def apply_automations() -> None:
-    from deployments.automations import apply_automations as apply
-
-    for line in apply():
-        print(f"  {line}")
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deployments.bootstrap")
     parser.add_argument("--local", action="store_true", help="every pool as a process pool")
     parser.add_argument(
         "step",
-        choices=["all", "migrate", "limits", "pools", "blocks", "automations", "pool-names"],
+        choices=["all", "migrate", "limits", "pools", "blocks", "pool-names"],
     )
     args = parser.parse_args(argv)
     if args.step == "pool-names":
@@ -100,7 +94,6 @@ def main(argv: list[str] | None = None) -> None:
         "limits": apply_limits,
         "pools": lambda: apply_pools(local=args.local),
         "blocks": apply_blocks,
-        "automations": apply_automations,
     }
     for name, step in steps.items():
         if args.step in ("all", name):

@@ -7,7 +7,7 @@ import gc
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import sqlalchemy as sa
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -17,10 +17,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from tasks import schema
 from tasks.calendars import MARKETS, as_utc, last_closed_session, plan_fetches
 from tasks.quality import check_prices, stale_symbols
 from tasks.settings import get_settings
@@ -223,18 +220,7 @@ def write_chunk(result: ChunkResult, symbols: list[str]) -> list[SymbolReport]:
 
 def save_instruments(engine, instruments: list[dict]) -> None:
     """Insert or refresh instruments rows (market, currency, timezone) by symbol."""
-    # Not upsert_frame: it stamps ingested_at, a column instruments does not have.
-    table = schema.instruments
-    insert = (pg_insert if engine.dialect.name == "postgresql" else sqlite_insert)(table)
-    values = ("market", "currency", "exchange_tz")
-    changed = sa.or_(*[table.c[v].is_distinct_from(insert.excluded[v]) for v in values])
-    statement = insert.on_conflict_do_update(
-        index_elements=["symbol"],
-        set_={**{v: insert.excluded[v] for v in values}, "updated_at": sa.func.now()},
-        where=changed,
-    )
-    with engine.begin() as conn:
-        conn.execute(statement, instruments)
+    upsert_frame(engine, "instruments", pd.DataFrame(instruments))
 
 
 def summarize(key, through, plans, reports, stale, failed) -> str:

@@ -171,7 +171,7 @@ class UpsertSpec:
 
     @property
     def values(self) -> tuple[str, ...]:
-        skip = set(self.key) | {"ingested_at"}
+        skip = set(self.key) | {"ingested_at", "updated_at", "first_seen"}
         return tuple(c.name for c in self.table.columns if c.name not in skip)
 
     @property

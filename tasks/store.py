@@ -199,6 +199,11 @@ def copy_frame(cursor, table: str, spec, columns: list[str], frame: pd.DataFrame
                 copy.write_row(row)
 
 
+def _stamp(spec: schema.UpsertSpec) -> str:
+    """The column that records when a row last changed."""
+    return "ingested_at" if "ingested_at" in spec.table.c else "updated_at"
+
+
 def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
     table = spec.table.name
     cursor = conn.connection.driver_connection.cursor()
@@ -242,7 +247,7 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
             changed = f"t.{spec.key[0]} IS NULL OR ROW({t_vals}) IS DISTINCT FROM ROW({s_vals})"
             on_conflict = (
                 f"DO UPDATE SET {', '.join(f'{v} = EXCLUDED.{v}' for v in values)}, "
-                f"ingested_at = now() WHERE ROW({t_vals}) IS DISTINCT FROM ROW({x_vals})"
+                f"{_stamp(spec)} = now() WHERE ROW({t_vals}) IS DISTINCT FROM ROW({x_vals})"
             )
         else:
             changed = f"t.{spec.key[0]} IS NULL"
@@ -283,7 +288,7 @@ def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFra
             excluded = " OR ".join(f"t.{v} IS NOT excluded.{v}" for v in values)
             on_conflict = (
                 f"DO UPDATE SET {', '.join(f'{v} = excluded.{v}' for v in values)}, "
-                f"ingested_at = CURRENT_TIMESTAMP WHERE {excluded}"
+                f"{_stamp(spec)} = CURRENT_TIMESTAMP WHERE {excluded}"
             )
         else:
             on_conflict = "DO NOTHING"

@@ -89,6 +89,10 @@ def prefect_server():
             )
         time.sleep(0.5)
     yield os.environ["PREFECT_API_URL"]
+    # Send the logs still queued for the API before the server goes away.
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
     proc.terminate()
     try:
         proc.wait(timeout=15)

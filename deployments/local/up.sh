@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make up`: the whole system on this machine. A Prefect server (embedded SQLite under
 # ./.prefect), every work pool as a local process pool served by a local worker, the market
-# store migrated, blocks and automations applied, every deployment in prefect.yaml deployed.
+# store migrated, blocks registered, every deployment in prefect.yaml deployed with its triggers.
 # Running it again starts only what is not running; `make down` stops what this started.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,10 +40,10 @@ for _ in $(seq 1 120); do
 done
 curl -fsS "$PREFECT_API_URL/health" >/dev/null || { echo "server not healthy after 120 s"; exit 1; }
 
-echo "Market store, rate limits, work pools, blocks, automations"
+echo "Market store, rate limits, work pools, blocks"
 "$BIN/python" -m deployments.bootstrap --local all
 
-echo "Deployments"
+echo "Deployments (with their event triggers)"
 "$BIN/prefect" --no-prompt deploy --all
 
 echo "Workers"

@@ -157,3 +157,13 @@ def test_other_tables_upsert_by_their_key(store):
     obs.loc[1, "value"] = 311.0  # a '.' later filled by a revision
     result = upsert_frame(store, "macro_observations", obs)
     assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
+
+
+def test_instruments_upsert_by_symbol_and_stamp_updated_at(store):
+    frame = pd.DataFrame(
+        {"symbol": ["AAPL", "005930.KS"], "market": ["US", "KR"], "currency": ["USD", "KRW"]}
+    )
+    assert upsert_frame(store, "instruments", frame).inserted == 2
+    frame.loc[1, "currency"] = "USD"
+    result = upsert_frame(store, "instruments", frame)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
