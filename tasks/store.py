@@ -94,15 +94,6 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
-def has_timescaledb(conn: Connection) -> bool:
-    if conn.dialect.name != "postgresql":
-        return False
-    found = conn.execute(
-        sa.text("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'")
-    ).first()
-    return found is not None
-
-
 # ---------------------------------------------------------------------------- upsert
 
 

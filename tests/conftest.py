@@ -93,11 +93,9 @@ def prefect_server():
     from prefect.logging.handlers import APILogWorker
 
     APILogWorker.drain_all(timeout=10)
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    from tests.deployments.stack import stop
+
+    stop(proc)
     log.close()
 
 

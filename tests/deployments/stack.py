@@ -122,6 +122,16 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
         time.sleep(interval)
 
 
+def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    """Terminate a server or worker process, killing it if it does not stop in time."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
     def healthy():
         if proc.poll() is not None:

@@ -55,11 +55,7 @@ def server(pg_admin_url, tmp_path_factory):
         print((home / "server.log").read_text()[-4000:])
         raise
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stack.stop(proc)
         log.close()
         drop_database(db_url)
 
