@@ -107,9 +107,11 @@ def _alerts(settings: Settings):
     url = settings.alert_webhook_url.get_secret_value()
     block = block_for_url(url)
     if isinstance(block, str):  # any other JSON webhook
+        # The URL itself is the credential (a token in its path): keep it among the secrets.
         block = CustomWebhookNotificationBlock(
             name="investflow",
-            url=url,
+            url="{{webhook_url}}",
+            secrets={"webhook_url": url},
             json_data={"content": "{{subject}}\n{{body}}", "text": "{{subject}}\n{{body}}"},
         )
     return block, None

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from blocks.loading import load_block
 from blocks.oci import OciCredentials
 from tasks.launch_state import (
     LaunchState,
@@ -72,7 +73,9 @@ def launch_a1_instance(
     log = get_run_logger()
     settings = get_settings()
     clients = build_clients(
-        OciCredentials.load(credentials_block), settings.oci_endpoint, settings.http_timeout_s
+        load_block(OciCredentials, credentials_block),
+        settings.oci_endpoint,
+        settings.http_timeout_s,
     )
     pacing = Pacing(
         retry_interval_seconds,
