@@ -45,6 +45,10 @@ def local_stack(pg_url, tmp_path_factory):
             stack.worker("oracle-chuncheon", env, logs),
         ):
             yield {"env": env, "yahoo": yahoo, "webhook": webhook, "deploy_output": output}
+    # Later modules share this server: take the deployments, and so their triggers, away.
+    with get_client(sync_client=True) as client:
+        for deployment in client.read_deployments():
+            client.delete_deployment(deployment.id)
 
 
 def deployment_id(name: str):
