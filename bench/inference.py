@@ -95,7 +95,9 @@ def compare(net, x: np.ndarray, scale: float, device: torch.device, batch_size: 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--symbols", type=int, default=5000)
-    parser.add_argument("--threads", type=int, default=1, help="Fargate's 1 vCPU by default")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="default: this machine's cores (up to 4)"
+    )
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--no-store", action="store_true", help="skip the PostgreSQL round trip")
     args = parser.parse_args()
@@ -150,11 +152,17 @@ def main() -> None:
         store_s = round(time.perf_counter() - start, 2)
 
         result = compare(net, windows.x, normaliser.target_scale, cpu, args.batch_size)
+        threads = torch.get_num_threads()
+        # The same comparison as the Fargate fallback task sees it: one vCPU.
+        model.set_threads(1)
+        one_vcpu = compare(net, windows.x, normaliser.target_scale, cpu, args.batch_size)
+        model.set_threads(args.threads)
         result |= {
+            "one_thread": {k: one_vcpu[k] for k in ("batched_per_s", "loop_per_s", "ratio")},
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "symbols": len(windows.symbols),
             "window": WINDOW,
-            "threads": torch.get_num_threads(),
+            "threads": threads,
             "batch_size": args.batch_size,
             "end_to_end_s": store_s,
             "through_postgres": engine is not None,
