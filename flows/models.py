@@ -138,6 +138,29 @@ def train_model(
     return result
 
 
+@task(name="cancel-replaced-run", cache_policy=NO_CACHE)
+def cancel_replaced_run(replaces: str) -> str:
+    """Cancel the desktop run this one stands in for, unless it has started after all."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with get_client(sync_client=True) as client:
+        original = client.read_flow_run(UUID(replaces))
+        if original.state is None or not (
+            original.state.is_scheduled() or original.state.is_pending()
+        ):
+            return original.state_name or "unknown"
+        # A desktop that wakes later must not run the same prediction a second time.
+        client.set_flow_run_state(
+            original.id,
+            Cancelled(message=f"replaced by the CPU fallback run {flow_run.get_id()}"),
+            force=True,
+        )
+    return "Cancelled"
+
+
 @flow(name="predict-returns", log_prints=True)
 def predict_returns(
     market: str = "US",
@@ -145,9 +168,16 @@ def predict_returns(
     device: str = "auto",
     batch_size: int = 4096,
     threads: int | None = None,
+    replaces: str | None = None,
 ) -> dict:
-    """Predict every eligible symbol's next-session return with the promoted (or pinned) model."""
+    """Predict every eligible symbol's next-session return with the promoted (or pinned) model.
+
+    replaces: the id of a desktop run this run stands in for (set by the fallback trigger);
+    it is cancelled if it has not started.
+    """
     logger = get_run_logger()
+    if replaces:
+        logger.info("standing in for run %s (now %s)", replaces, cancel_replaced_run(replaces))
     settings = get_settings()
     engine = engine_from_settings(settings)
     torch_device = model.pick_device(device)

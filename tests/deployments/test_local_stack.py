@@ -151,4 +151,23 @@ def test_crashed_desktop_prediction_reruns_on_fargate_cpu(local_stack):
         "model_version": None,
         "batch_size": 128,
         "device": "cpu",
+        "replaces": str(gpu_run.id),
     }
+
+
+def test_the_fallback_cancels_a_desktop_run_still_waiting(local_stack, pg_url, monkeypatch):
+    from flows.models import predict_returns
+
+    monkeypatch.setenv("INVESTFLOW_DATABASE_URL", pg_url)
+
+    with get_client(sync_client=True) as client:
+        waiting = client.create_flow_run_from_deployment(
+            deployment_id("predict-returns"), parameters={"market": "US"}
+        )
+    # No model is promoted here, so the prediction itself fails: after the cancellation.
+    state = predict_returns(market="US", device="cpu", replaces=str(waiting.id), return_state=True)
+    assert state.is_failed() and "train-model" in state.message
+    with get_client(sync_client=True) as client:
+        original = client.read_flow_run(waiting.id)
+    assert original.state.is_cancelled()
+    assert "replaced by the CPU fallback" in original.state.message

@@ -126,7 +126,13 @@ def test_desktop_prediction_falls_back_to_cpu_on_fargate(deployments):
             "prefect.resource.role": "deployment",
             "prefect.resource.name": "predict-returns",
         }
-        assert set(trigger["parameters"]) == {"market", "model_version", "batch_size", "device"}
+        assert set(trigger["parameters"]) == {
+            "market",
+            "model_version",
+            "batch_size",
+            "device",
+            "replaces",
+        }
         assert trigger["parameters"]["device"] == "cpu"
     assert set(reactive["expect"]) == {"prefect.flow-run.Crashed", "prefect.flow-run.Failed"}
     assert proactive["posture"] == "Proactive"
