@@ -105,7 +105,7 @@ def main() -> None:
     try:
         migrate(db_url)
         with FakeYahoo() as fake, prefect_test_harness(server_startup_timeout=120):
-            ensure_rate_limits({"yahoo": (1, RATE_PER_S)})
+            ensure_rate_limits({"yahoo": (1, RATE_PER_S)}, overwrite=True)
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,

@@ -67,7 +67,7 @@ def migrate_store() -> None:
 def apply_limits() -> None:
     from tasks.limits import RATE_LIMITS, ensure_rate_limits
 
-    ensure_rate_limits()
+    ensure_rate_limits(overwrite=True)
     print(f"  rate limits: {', '.join(RATE_LIMITS)}")
 
 

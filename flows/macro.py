@@ -26,7 +26,7 @@ from tasks.fred import (
     scrub,
     with_realtime_start,
 )
-from tasks.limits import ensure_rate_limits
+from tasks.limits import ensure_rate_limit
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, latest_dates, upsert_frame
 
@@ -85,7 +85,7 @@ def ingest_macro(
     settings = get_settings()
     api_key = resolve_api_key(settings)  # a missing key stops the run before any request
     key = api_key.get_secret_value()
-    ensure_rate_limits()
+    ensure_rate_limit("fred")
     client = build_client(settings, api_key, backoff_s=retry_backoff_s)
     engine = engine_from_settings(settings)
 

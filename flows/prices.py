@@ -19,10 +19,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks.calendars import MARKETS, as_utc, last_closed_session, plan_fetches
+from tasks.limits import ensure_rate_limit
 from tasks.quality import check_prices, stale_symbols
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, latest_dates, upsert_frame
-from tasks.yahoo import ChunkResult, YahooThrottled, ensure_polite_limit, fetch_chunk
+from tasks.yahoo import ChunkResult, YahooThrottled, fetch_chunk
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
@@ -111,7 +112,7 @@ def ingest_prices(
         through,
         sum(p.backfill for p in plans),
     )
-    ensure_polite_limit("yahoo")
+    ensure_rate_limit("yahoo")
     chunks = [plans[i : i + chunk_size] for i in range(0, len(plans), chunk_size)]
     progress = (
         create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")

@@ -14,13 +14,32 @@ RATE_LIMITS: dict[str, tuple[int, float]] = {
 }
 
 
-def ensure_rate_limits(limits: dict[str, tuple[int, float]] | None = None) -> None:
-    """Create or update the limits on the Prefect server; safe to call at every run."""
+def ensure_rate_limits(
+    limits: dict[str, tuple[int, float]] | None = None, *, overwrite: bool = False
+) -> None:
+    """Create the limits missing on the Prefect server; overwrite=True also resets existing ones.
+
+    Runs call this without overwrite, so a rate an operator tuned in the UI stays as tuned;
+    the bootstrap (and tests that need a fast limit) overwrite.
+    """
+    from prefect.exceptions import ObjectNotFound
+
     with get_client(sync_client=True) as client:
         for name, (slots, decay) in (limits or RATE_LIMITS).items():
+            if not overwrite:
+                try:
+                    client.read_global_concurrency_limit_by_name(name)
+                    continue
+                except ObjectNotFound:
+                    pass
             client.upsert_global_concurrency_limit_by_name(
                 name, limit=slots, slot_decay_per_second=decay
             )
+
+
+def ensure_rate_limit(name: str) -> None:
+    """Create the named limit with its default rate if it does not exist yet."""
+    ensure_rate_limits({name: RATE_LIMITS[name]})
 
 
 def polite(name: str, timeout_s: float | None = 600) -> None:

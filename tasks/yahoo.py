@@ -350,19 +350,3 @@ def combine(parts: list[Frames]) -> Frames:
         pd.concat(actions, ignore_index=True) if actions else pd.DataFrame(),
         [i for p in parts for i in p.instruments],
     )
-
-
-def ensure_polite_limit(name: str = "yahoo") -> None:
-    """Create the Yahoo rate limit if missing; an operator's tuned value is left alone."""
-    from prefect.client.orchestration import get_client
-    from prefect.exceptions import ObjectNotFound
-
-    from tasks.limits import RATE_LIMITS, ensure_rate_limits
-
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
-        except ObjectNotFound:
-            pass
-    ensure_rate_limits({name: RATE_LIMITS[name]})

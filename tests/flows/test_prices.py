@@ -28,7 +28,7 @@ START = dt.date(2024, 4, 1)
 @pytest.fixture
 def yahoo(pg_engine, monkeypatch):
     """The stand-in, set as the flows' Yahoo, with a fast rate limit so tests take seconds."""
-    ensure_rate_limits({"yahoo": (1, 200.0)})
+    ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
     with FakeYahoo() as fake:
         monkeypatch.setenv("INVESTFLOW_YAHOO_BASE_URL", fake.url)
         monkeypatch.setenv("INVESTFLOW_HTTP_TIMEOUT_S", "5")
