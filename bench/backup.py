@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,13 +68,9 @@ class PeakRss:
 def build_database(admin_url: str) -> str:
     import psycopg
 
-    from tasks.store import migrate
+    from bench.scratch import create_store
 
-    name = f"investflow_bench_backup_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
-    migrate(url)
+    url = create_store(admin_url, prefix="investflow_bench_backup")
     with psycopg.connect(url, autocommit=True) as conn:
         # 1,000 symbols x 1,000 sessions of plausible prices.
         conn.execute(
@@ -92,13 +87,6 @@ def build_database(admin_url: str) -> str:
         )
         conn.execute("VACUUM ANALYZE daily_prices")
     return url
-
-
-def drop_database(admin_url: str, url: str) -> None:
-    import psycopg
-
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
 
 
 def bare_pg_dump(url: str, out: Path) -> float:
@@ -161,7 +149,9 @@ def main() -> None:
                     f"({size / 2**20:.1f} MiB)"
                 )
     finally:
-        drop_database(args.admin_url, url)
+        from bench.scratch import drop_store
+
+        drop_store(url, args.admin_url)
         import shutil
 
         shutil.rmtree(work, ignore_errors=True)

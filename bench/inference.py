@@ -13,28 +13,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import create_store, drop_store  # noqa: E402
 from tasks import model  # noqa: E402
 from tasks.features import WINDOW, Normaliser, latest_windows, session_features  # noqa: E402
 from tasks.model_store import prediction_prices  # noqa: E402
-from tasks.store import get_engine, migrate, upsert_frame  # noqa: E402
+from tasks.store import get_engine, upsert_frame  # noqa: E402
 
-ADMIN = os.environ.get(
-    "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 
 
@@ -112,11 +107,7 @@ def main() -> None:
     )
     engine, url, store_s = None, None, None
     if not args.no_store:
-        name = f"investflow_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        url = ADMIN.rsplit("/", 1)[0] + "/" + name
-        migrate(url)
+        url = create_store()
         engine = get_engine(url)
         upsert_frame(engine, "daily_prices", prices)
     del prices, feats
@@ -175,8 +166,7 @@ def main() -> None:
     finally:
         if engine is not None:
             engine.dispose()
-            with psycopg.connect(ADMIN, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            drop_store(url)
 
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

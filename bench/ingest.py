@@ -23,9 +23,6 @@ BACKFILL_AS_OF = "2026-11-20T22:00:00+00:00"  # a Friday after the NYSE close
 DAILY_AS_OF = "2026-11-23T22:00:00+00:00"  # the Monday after: one new session
 START = "2016-11-21"
 RATE_PER_S = 100.0  # the stand-in is local: measure our code, not the polite production 4/s
-ADMIN_URL = os.environ.get(
-    "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 
 
 def peak_rss_mb() -> float:
@@ -88,22 +85,16 @@ def run_child(args: list[str], env: dict) -> dict:
 
 
 def main() -> None:
-    import uuid
 
-    import psycopg
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from bench.scratch import create_store, drop_store
     from tasks.limits import ensure_rate_limits
-    from tasks.store import get_engine, migrate
     from tests.fakes.yahoo import FakeYahoo
 
-    name = f"investflow_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    db_url = ADMIN_URL.rsplit("/", 1)[0] + "/" + name
+    db_url = create_store()
     try:
-        migrate(db_url)
         with FakeYahoo() as fake, prefect_test_harness(server_startup_timeout=120):
             ensure_rate_limits({"yahoo": (1, RATE_PER_S)}, overwrite=True)
             env = dict(
@@ -123,9 +114,7 @@ def main() -> None:
             )
             naive = run_child(["naive", db_url], env)
     finally:
-        get_engine(db_url).dispose()
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_store(db_url)
 
     figures = {
         "backfill_peak_rss_mb": round(backfill["rss_mb"], 1),

@@ -9,27 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import psycopg
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.scratch import create_store, drop_store  # noqa: E402
 from tasks.schema import UPSERT_SPECS  # noqa: E402
-from tasks.store import copy_frame, get_engine, migrate, upsert_frame  # noqa: E402
+from tasks.store import copy_frame, get_engine, upsert_frame  # noqa: E402
 
-ADMIN = os.environ.get(
-    "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
 REPEATS = 3
 RESULTS = Path(__file__).resolve().parent / "results" / "upsert.json"
 
@@ -99,12 +94,8 @@ def main() -> None:
         run_to_sql(args.to_sql_into, args.rows)
         return
 
-    name = f"investflow_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    url = ADMIN.rsplit("/", 1)[0] + "/" + name
+    url = create_store()
     try:
-        migrate(url)
         engine = get_engine(url)
         frame = synthetic_prices(args.rows)
         n = len(frame)
@@ -142,9 +133,7 @@ def main() -> None:
             assert conn.execute(sa.text("SELECT count(*) FROM daily_prices")).scalar() == n
         engine.dispose()
     finally:
-        get_engine.cache_clear()
-        with psycopg.connect(ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_store(url)
 
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {

@@ -1,0 +1,31 @@
+"""A migrated scratch market store on the local PostgreSQL, for one benchmark run."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+
+from tasks.store import get_engine, migrate
+
+ADMIN_URL = os.environ.get(
+    "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def create_store(admin_url: str = ADMIN_URL, prefix: str = "investflow_bench") -> str:
+    """Create and migrate an empty database; return its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    migrate(url)
+    return url
+
+
+def drop_store(url: str, admin_url: str = ADMIN_URL) -> None:
+    """Drop the database, closing whatever still holds a connection to it."""
+    get_engine.cache_clear()
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
