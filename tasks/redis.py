@@ -127,7 +127,10 @@ def rdb_path(client) -> Path | None:
     except (redis.ResponseError, KeyError):
         return None  # CONFIG disabled (managed Redis): fall back to redis-cli --rdb
     path = Path(folder) / name
-    return path if os.access(path, os.R_OK) else None
+    if path.exists():
+        return path if os.access(path, os.R_OK) else None
+    # A server that never saved has no file yet: BGSAVE writes it, if we can read the folder.
+    return path if os.access(folder, os.R_OK | os.X_OK) else None
 
 
 def pull_rdb(target: RedisTarget, partial: Path, timeout_s: float = 900.0) -> None:

@@ -65,12 +65,18 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates the file but not its folder: a fresh clone has no ./data yet."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
 @lru_cache(maxsize=8)
 def get_engine(url: str) -> Engine:
     """One pooled engine per database URL for the life of the process."""
     url = normalize_url(url)
+    ensure_sqlite_folder(url)
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return sa.create_engine(url, connect_args={"timeout": 30})
     return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
 
@@ -91,6 +97,7 @@ def migrate(url: str) -> None:
     cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
     cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
     cfg.attributes["url"] = normalize_url(url)
+    ensure_sqlite_folder(cfg.attributes["url"])
     command.upgrade(cfg, "head")
 
 

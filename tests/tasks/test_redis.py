@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import subprocess
+import time
 import uuid
 
 import pytest
@@ -20,9 +22,42 @@ SCRATCH_DB = 9  # other people's data lives in the other databases: never flushe
 
 
 @pytest.fixture
-def redis_target(redis_url):
-    """The real Redis with 300 keys of ours in a scratch database, removed afterwards."""
-    url = redis_url.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
+def never_saved_redis(tmp_path_factory):
+    """A real redis-server whose folder has no dump.rdb yet, as on a fresh machine."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    folder = tmp_path_factory.mktemp("never-saved-redis")
+    port = redis_backup.free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+        + ["--save", "", "--appendonly", "no", "--logfile", str(folder / "redis.log")],
+        stdin=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert proc.poll() is None and time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    assert not (folder / "dump.rdb").exists()
+    yield f"redis://127.0.0.1:{port}/0"
+    client.close()
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(params=["machine", "never-saved"])
+def redis_target(request):
+    """300 keys of ours in a scratch database, removed afterwards: on this machine's Redis,
+    and on a server that has never written an RDB (a fresh machine's, whatever ran before)."""
+    if request.param == "machine":
+        base = request.getfixturevalue("redis_url")
+    else:
+        base = request.getfixturevalue("never_saved_redis")
+    url = base.rsplit("/", 1)[0] + f"/{SCRATCH_DB}"
     client = redis.Redis.from_url(url)
     prefix = f"investflow-test:{uuid.uuid4().hex[:8]}:"
     pipe = client.pipeline()

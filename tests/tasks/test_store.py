@@ -61,6 +61,15 @@ def test_migrations_from_empty_and_again_are_safe(pg_admin_url):
         drop_database(url)
 
 
+def test_migrating_a_sqlite_store_creates_its_missing_folder(tmp_path):
+    # A fresh clone has no ./data: the first `make up` migrates into a folder not there yet.
+    path = tmp_path / "not-yet" / "data" / "market.db"
+    migrate(f"sqlite:///{path}")
+    assert path.exists()
+    with sa.create_engine(f"sqlite:///{path}").connect() as conn:
+        assert "daily_prices" in sa.inspect(conn).get_table_names()
+
+
 def test_same_frame_twice_changes_nothing(store):
     first = upsert_frame(store, "daily_prices", prices())
     second = upsert_frame(store, "daily_prices", prices())
