@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import datetime as dt
 import inspect
 from pathlib import Path
 
 import pytest
 import yaml
 from prefect.flows import load_flow_from_entrypoint
+from prefect.server.schemas.schedules import CronSchedule
 
 from deployments.pools import POOL_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# deployment: (entrypoint, flow name, pool, cron or None)
+# deployment: (entrypoint, flow name, pool, cron or None). The crons are the design's fire
+# times in UTC; prefect.yaml writes them in the operator's Asia/Seoul and must fire at the same
+# instants.
 EXPECTED = {
     "us-prices": ("flows/prices.py:ingest_us_prices", "us-prices", "fargate", "0 9 * * 2-6"),
     "kr-prices": ("flows/prices.py:ingest_kr_prices", "kr-prices", "fargate", "0 21 * * 1-5"),
@@ -54,6 +59,19 @@ EXPECTED = {
 }
 
 
+def fire_times(cron: str, timezone: str, count: int = 400) -> list[dt.datetime]:
+    """The next count instants (in UTC) the server's own schedule class gives for cron."""
+    schedule = CronSchedule(cron=cron, timezone=timezone)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    dates = asyncio.run(schedule.get_dates(n=count, start=start))
+    return [d.astimezone(dt.UTC) for d in dates]
+
+
+def test_fire_times_compare_instants_not_wall_clocks():
+    # The same wall clock in two zones is not the same instant: the comparison can fail.
+    assert fire_times("0 18 * * 2-6", "Asia/Seoul") != fire_times("0 18 * * 2-6", "UTC")
+
+
 @pytest.fixture(scope="module")
 def deployments() -> dict[str, dict]:
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
@@ -77,7 +95,9 @@ def test_deployment_entrypoint_pool_and_schedule(deployments, name):
     if cron is None:
         assert not schedules, f"{name} runs on events, not a clock"
     else:
-        assert [(s["cron"], s["timezone"]) for s in schedules] == [(cron, "UTC")]
+        ((schedule,),) = [schedules]
+        assert schedule["timezone"] == "Asia/Seoul"
+        assert fire_times(schedule["cron"], "Asia/Seoul") == fire_times(cron, "UTC")
     # Parameters fixed by the deployment are parameters the flow has.
     accepted = set(inspect.signature(flow.fn).parameters)
     assert set(deployment.get("parameters") or {}) <= accepted
