@@ -128,16 +128,53 @@ BUILDERS = {
 }
 
 
-def register_blocks(settings: Settings | None = None) -> Iterator[str]:
-    """Save each block whose settings are present; say which were skipped and why."""
+def saved_blocks() -> dict[str, str]:
+    """Names of the blocks saved on the server, with their type's slug."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        documents = client.read_block_documents()
+    return {d.name: d.block_type.slug for d in documents if d.name and d.block_type}
+
+
+def register_blocks(settings: Settings | None = None, *, local: bool = False) -> Iterator[str]:
+    """Save each block whose settings are present; say which were skipped and why.
+
+    A block saved by an earlier run whose setting is now unset is never silently relied on:
+    it is reported, and for the local stack (`make up`) the market-database block is set to
+    the store the settings name, so an old URL cannot win over the default.
+    """
     settings = settings or get_settings()
+    saved = saved_blocks()
     for name, build in BUILDERS.items():
         block, missing = build(settings)
+        if block is None and name == MARKET_DATABASE and local and name in saved:
+            yield _follow_default_store(settings)
+            continue
         if block is None:
-            yield f"block {name}: skipped (set {missing})"
+            if name in saved:
+                yield (
+                    f"block {name}: kept from an earlier run, though {missing} is not set now; "
+                    f"if it is stale: prefect block delete {saved[name]}/{name}"
+                )
+            else:
+                yield f"block {name}: skipped (set {missing})"
             continue
         block.save(name, overwrite=True)
         yield f"block {name}: saved ({type(block).__name__})"
+
+
+def _follow_default_store(settings: Settings) -> str:
+    from blocks.database import MarketDatabase
+
+    current = MarketDatabase.load(MARKET_DATABASE).url.get_secret_value()
+    if current == settings.database_url.get_secret_value():
+        return f"block {MARKET_DATABASE}: unchanged (the default store)"
+    MarketDatabase(url=settings.database_url).save(MARKET_DATABASE, overwrite=True)
+    return (
+        f"block {MARKET_DATABASE}: updated to the default store; it held another URL "
+        "from an earlier run (set INVESTFLOW_DATABASE_URL to use another)"
+    )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Apply the system to a Prefect server idempotently: store, rate limits, pools, blocks.
 
-    python -m deployments.bootstrap [--local] all | migrate | limits | pools | blocks | pool-names
+    python -m deployments.bootstrap [--local] all | blocks | migrate | limits | pools | pool-names
 
 --local makes every pool a process pool, so local workers serve them all (`make up`). The
 automations are deployment triggers in prefect.yaml: `prefect deploy --all` applies them,
@@ -19,7 +19,7 @@ from deployments.pools import POOL_NAMES, POOLS, base_job_template
 from tasks.settings import get_settings
 
 
-def apply_pools(*, local: bool) -> None:
+def apply_pools(local: bool = False) -> None:
     """Create each pool, or bring an existing one's template and description up to date."""
     settings = get_settings()
     with get_client(sync_client=True) as client:
@@ -56,7 +56,7 @@ def apply_pools(*, local: bool) -> None:
                 print(f"  work pool {pool.name} ({kind}): unchanged")
 
 
-def migrate_store() -> None:
+def migrate_store(local: bool = False) -> None:
     from blocks.database import database_url
     from tasks.store import migrate
 
@@ -64,18 +64,31 @@ def migrate_store() -> None:
     print("  market store: at the newest migration")
 
 
-def apply_limits() -> None:
+def apply_limits(local: bool = False) -> None:
     from tasks.limits import RATE_LIMITS, ensure_rate_limits
 
     ensure_rate_limits(overwrite=True)
     print(f"  rate limits: {', '.join(RATE_LIMITS)}")
 
 
-def apply_blocks() -> None:
+def apply_blocks(local: bool = False) -> None:
     from blocks.register import register_blocks
 
-    for line in register_blocks():
+    for line in register_blocks(local=local):
         print(f"  {line}")
+
+
+def pool_names() -> list[str]:
+    return list(POOL_NAMES)
+
+
+# In order: blocks first, so the store is migrated where the current settings point.
+STEPS = {
+    "blocks": ("Blocks", apply_blocks),
+    "migrate": ("Market store", migrate_store),
+    "limits": ("Rate limits", apply_limits),
+    "pools": ("Work pools", apply_pools),
+}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -83,21 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--local", action="store_true", help="every pool as a process pool")
     parser.add_argument(
         "step",
-        choices=["all", "migrate", "limits", "pools", "blocks", "pool-names"],
+        choices=["all", *STEPS, "pool-names"],
     )
     args = parser.parse_args(argv)
     if args.step == "pool-names":
         print("\n".join(POOL_NAMES))
         return
-    steps = {
-        "migrate": migrate_store,
-        "limits": apply_limits,
-        "pools": lambda: apply_pools(local=args.local),
-        "blocks": apply_blocks,
-    }
-    for name, step in steps.items():
+    for name, (_, step) in STEPS.items():
         if args.step in ("all", name):
-            step()
+            step(local=args.local)
 
 
 if __name__ == "__main__":

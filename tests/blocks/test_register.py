@@ -83,6 +83,27 @@ def test_nothing_configured_means_every_block_skipped_with_its_setting(monkeypat
     assert any("INVESTFLOW_FRED_API_KEY" in line for line in lines)
 
 
+def test_a_block_left_by_an_earlier_run_never_silently_wins(saved_blocks, monkeypatch):
+    stale = "postgresql://app:old-pw-1a2b@gone.example:5432/market"
+    list(register_blocks(Settings(_env_file=None, database_url=stale)))
+    monkeypatch.delenv("INVESTFLOW_DATABASE_URL")
+    now = Settings(_env_file=None)  # the operator has since unset the URL
+    default = now.database_url.get_secret_value()
+
+    # Against a real server: the block stays, and every run of bootstrap says so, with the fix.
+    (line,) = [x for x in register_blocks(now) if x.startswith("block market-database")]
+    assert "kept from an earlier run" in line and "INVESTFLOW_DATABASE_URL" in line
+    assert "prefect block delete market-database/market-database" in line
+    assert "old-pw-1a2b" not in line
+
+    # The local stack follows the settings: the default store, not the URL of a past run.
+    (line,) = [x for x in register_blocks(now, local=True) if x.startswith("block market-data")]
+    assert "updated to the default store" in line
+    assert database_url(now) == default
+    (line,) = [x for x in register_blocks(now, local=True) if x.startswith("block market-data")]
+    assert line.endswith("unchanged (the default store)")
+
+
 def test_a_missing_block_says_which_and_how_to_create_it():
     with pytest.raises(MissingBlock, match=r"OCI Credentials block named 'nope'.*blocks\.register"):
         load_block(OciCredentials, "nope")

@@ -1,0 +1,272 @@
+"""`make up` and `make down`: the whole system on this machine.
+
+    python -m deployments.local_stack up | down
+
+up: a Prefect server on its embedded SQLite under ./.prefect (port INVESTFLOW_PREFECT_PORT,
+default 4200), blocks from the current settings, the market store migrated, rate limits and
+every pool (as local process pools), the deployments of prefect.yaml that are new or changed,
+and one process worker per pool. It prints one line per step; details go to
+.prefect/logs/up.log. Running it again starts only what is missing, and restarts a worker
+whose settings changed. down: stops the workers with every process they started, marks the
+runs it interrupted Crashed, then stops the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import json
+import os
+import sys
+import time
+import traceback
+import urllib.request
+
+from deployments import processes as procs
+
+BIN = os.path.dirname(sys.executable)
+# Started runs that a stop leaves without a process: down marks them so none waits forever.
+INTERRUPTED = ["RUNNING", "PENDING", "CANCELLING"]
+
+
+class StepFailed(Exception):
+    """A step failed; the message says what and what to do."""
+
+
+def local_api_url() -> str:
+    return f"http://127.0.0.1:{os.environ.get('INVESTFLOW_PREFECT_PORT', '4200')}/api"
+
+
+def stack_env() -> dict[str, str]:
+    """The environment of the server, the workers and this process's own Prefect client."""
+    api = local_api_url()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(procs.STATE),
+        PREFECT_API_URL=api,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        # Flow runs change into this folder before importing their entrypoint (prefect.yaml).
+        INVESTFLOW_CODE_DIR=str(procs.ROOT),
+    )
+    env.setdefault("PREFECT_UI_URL", api.removesuffix("/api"))
+    env.setdefault("INVESTFLOW_UI_URL", env["PREFECT_UI_URL"])
+    # Workers ask for new runs every 5 s (Prefect: 10 s), so triggered runs start fast.
+    env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
+    return env
+
+
+def healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def check_api_url() -> None:
+    exported = os.environ.get("PREFECT_API_URL")
+    local = local_api_url()
+    if exported and exported.rstrip("/").replace("localhost", "127.0.0.1") != local:
+        raise StepFailed(
+            f"PREFECT_API_URL is exported as {exported}, but make up runs its own server at "
+            f"{local}. Unset it (`unset PREFECT_API_URL`), or set INVESTFLOW_PREFECT_PORT to "
+            "the port it names."
+        )
+
+
+def step_server(env) -> str:
+    api = env["PREFECT_API_URL"]
+    pid = procs.recorded_pid("server")
+    if pid:
+        if not healthy(api):
+            raise StepFailed(f"the server (pid {pid}) does not answer at {api}: run `make down`")
+        return f"running (pid {pid}) at {api}"
+    if healthy(api):
+        raise StepFailed(
+            f"something that make up did not start already answers at {api}: stop it, or set "
+            "INVESTFLOW_PREFECT_PORT to a free port"
+        )
+    pid = procs.start(
+        "server",
+        [
+            f"{BIN}/prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            api.rsplit(":", 1)[1].split("/")[0],
+        ],
+        env,
+    )
+    deadline = time.monotonic() + 120
+    while not healthy(api):
+        if not procs.alive(pid) or time.monotonic() > deadline:
+            tail = (procs.LOGS / "server.log").read_text(errors="replace").splitlines()[-5:]
+            raise StepFailed("the Prefect server did not start:\n      " + "\n      ".join(tail))
+        time.sleep(0.5)
+    return f"started (pid {pid}) at {api}"
+
+
+def step_workers(env, pools) -> str:
+    started, restarted, running = [], [], []
+    for pool in pools:
+        name = f"worker-{pool}"
+        pid = procs.recorded_pid(name)
+        if pid and procs.started_with(name) == procs.fingerprint(env):
+            running.append(pool)
+            continue
+        if pid:  # its settings changed since it started: it would keep the old ones
+            procs.terminate(procs.family({pid}), grace_s=5)
+            restarted.append(pool)
+        else:
+            started.append(pool)
+        argv = [
+            f"{BIN}/prefect",
+            "worker",
+            "start",
+            "--pool",
+            pool,
+            "--type",
+            "process",
+            "--name",
+            f"local-{pool}",
+        ]
+        procs.start(name, argv, env)
+    parts = [f"{len(pools)} pools served"]
+    if started:
+        parts.append(f"started {', '.join(started)}")
+    if restarted:
+        parts.append(f"restarted (settings changed) {', '.join(restarted)}")
+    if running:
+        parts.append(f"{len(running)} already running")
+    return "; ".join(parts)
+
+
+def up() -> None:
+    procs.LOGS.mkdir(parents=True, exist_ok=True)
+    check_api_url()
+    env = stack_env()
+    os.environ.update(env)  # this process's own Prefect client talks to the local server
+    server_was_running = procs.recorded_pid("server") is not None
+    log = open(procs.LOGS / "up.log", "a")
+    log.write(f"\n===== make up {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} =====\n")
+    try:
+        run_step("Prefect server", log, step_server, env)
+        from deployments.bootstrap import STEPS, pool_names
+        from deployments.redeploy import deploy
+
+        for title, step in STEPS.values():
+            run_step(title, log, step, True)
+        run_step("Deployments", log, deploy, env, f"{BIN}/prefect")
+        run_step("Workers", log, step_workers, env, pool_names())
+    except StepFailed:
+        if not server_was_running and procs.recorded_pid("server"):
+            stop(["server"], say=lambda line: log.write(line + "\n"))
+            print("  (stopped the server this make up had started)")
+        sys.exit(1)
+    finally:
+        log.close()
+    ui = env["PREFECT_UI_URL"]
+    print(f"""
+investflow is up.
+  UI:       {ui}
+  API:      {env["PREFECT_API_URL"]}   (export PREFECT_API_URL={env["PREFECT_API_URL"]})
+  Run one:  .venv/bin/prefect deployment run 'us-prices/us-prices' --param 'symbols=["AAPL"]'
+  Status:   make status        Stop all: make down        Logs: .prefect/logs/""")
+
+
+def run_step(title: str, log, fn, *args):
+    """One line for the step; its output and any traceback go to the log only."""
+    print(f"{title:<28}", end="", flush=True)
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+            result = fn(*args)
+    except BaseException as exc:  # noqa: BLE001 - reported in a line, traceback to the log
+        log.write(out.getvalue())
+        log.write(traceback.format_exc())
+        message = str(exc) if isinstance(exc, StepFailed | SystemExit) else f"{exc}"
+        print(f"FAILED\n  {message or type(exc).__name__}")
+        print("  Details: .prefect/logs/up.log; fix the cause and run `make up` again.")
+        raise StepFailed(message) from None
+    log.write(out.getvalue())
+    lines = result if isinstance(result, list) else [result] if result else []
+    notable = [line.strip() for line in out.getvalue().splitlines() if is_notable(line)]
+    print(lines[-1] if lines else "ok")
+    for line in lines[:-1] + notable:
+        print(f"  - {line}")
+    return result
+
+
+def is_notable(line: str) -> bool:
+    """Bootstrap lines that say something changed or needs the operator's eye."""
+    return any(word in line for word in ("created", "updated", "kept", "warning", "WARNING"))
+
+
+def mark_interrupted(api: str, say) -> None:
+    """Runs left started by the processes just stopped: Crashed (or Cancelled), not waiting."""
+    body = {"flow_runs": {"state": {"type": {"any_": INTERRUPTED}}}}
+    retrying = {"flow_runs": {"state": {"name": {"any_": ["AwaitingRetry"]}}}}
+    runs = post(api, "/flow_runs/filter", body) + post(api, "/flow_runs/filter", retrying)
+    for run in runs:
+        cancelling = run["state"]["type"] == "CANCELLING"
+        state = {
+            "type": "CANCELLED" if cancelling else "CRASHED",
+            "name": "Cancelled" if cancelling else "Crashed",
+            "message": "Stopped by `make down` while it ran or waited for a retry.",
+        }
+        post(api, f"/flow_runs/{run['id']}/set_state", {"state": state, "force": True})
+        say(f"  marked {run['name']} ({run['state']['name']}) {state['name']}")
+
+
+def post(api: str, path: str, body: dict):
+    request = urllib.request.Request(
+        api + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.loads(resp.read() or "null")
+
+
+def stop(names: list[str], say=print) -> None:
+    for name in names:
+        pid = procs.recorded_pid(name)
+        if pid is None:
+            procs.forget(name)
+            continue
+        family = procs.family({pid})
+        killed = procs.terminate(family, grace_s=4)
+        extra = f" and {len(family) - 1} processes it started" if len(family) > 1 else ""
+        forced = f" ({len(killed)} needed SIGKILL)" if killed else ""
+        say(f"stopped {name} (pid {pid}){extra}{forced}")
+        procs.forget(name)
+
+
+def down() -> None:
+    names = procs.recorded_names()
+    if not names:
+        print("nothing to stop")
+        return
+    api = local_api_url()
+    workers = [n for n in names if n != "server"]
+    stop(workers)
+    if "server" in names and healthy(api):
+        try:
+            mark_interrupted(api, print)
+        except OSError as exc:
+            print(f"  could not mark interrupted runs: {exc}")
+    stop([n for n in names if n == "server"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    command = (argv or sys.argv[1:] or ["up"])[0]
+    try:
+        {"up": up, "down": down}[command]()
+    except StepFailed as exc:
+        print(f"make {command} failed: {exc}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
