@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results" / "alerts.json"
 RUNS = 10
-WORKER_QUERY_SECONDS = "5"  # as deployments/local/up.sh and the systemd units set it
+WORKER_QUERY_SECONDS = "5"  # as `make up` (deployments/local_stack.py) and the systemd units set it
 
 
 def free_port() -> int:

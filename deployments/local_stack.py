@@ -35,7 +35,9 @@ class StepFailed(Exception):
 
 
 def local_api_url() -> str:
-    return f"http://127.0.0.1:{os.environ.get('INVESTFLOW_PREFECT_PORT', '4200')}/api"
+    from tasks.settings import get_settings
+
+    return f"http://127.0.0.1:{get_settings().prefect_port}/api"
 
 
 def stack_env() -> dict[str, str]:

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     alert_webhook_url: SecretStr | None = None
     # Where the Prefect UI lives, for links in alerts (PREFECT_UI_URL is preferred when set).
     ui_url: str = "http://127.0.0.1:4200"
+    # The local stack's server (`make up`, `make status`, `make down`) listens on this port.
+    prefect_port: int = 4200
     model_dir: Path = PROJECT_ROOT / "data" / "models"
     http_timeout_s: float = 30.0
     # Backups: comma-separated PostgreSQL URLs (secret: they may carry passwords); unset means

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -52,8 +53,16 @@ def api(port: int, path: str, body: dict | None = None, method: str | None = Non
         {"Content-Type": "application/json"},
         method=method,
     )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return json.loads(resp.read() or "null")
+    for attempt in range(10):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return json.loads(resp.read() or "null")
+        except urllib.error.HTTPError as exc:
+            # The server answers 503 while its SQLite database is locked, as Prefect's own
+            # client knows: it retries those too.
+            if exc.code != 503 or attempt == 9:
+                raise
+            time.sleep(1)
 
 
 def deployment(port: int, name: str) -> dict:
