@@ -54,7 +54,9 @@ def child_naive(db_url: str) -> None:
     from tasks.settings import get_settings
     from tasks.yahoo import reset_yfinance, yahoo_session
 
-    session = yahoo_session(get_settings().yahoo_base_url)
+    settings = get_settings()
+    ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None
+    session = yahoo_session(settings.yahoo_base_url, ca_bundle)
     reset_yfinance(session)
     yf.config.debug.hide_exceptions = True
     began = time.perf_counter()
@@ -100,7 +102,7 @@ def main() -> None:
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,
-                INVESTFLOW_YAHOO_BASE_URL=fake.url,
+                **fake.env(),
                 PREFECT_API_URL=PREFECT_API_URL.value(),
                 PREFECT_LOGGING_LEVEL="WARNING",
                 PYTHONPATH=str(ROOT),

@@ -123,7 +123,12 @@ def ingest_prices(
     throttled = None
     for number, chunk in enumerate(chunks, 1):
         result = fetch_chunk(
-            chunk, market, settings.yahoo_base_url, settings.http_timeout_s, backoff_s
+            chunk,
+            market,
+            settings.yahoo_base_url,
+            settings.http_timeout_s,
+            backoff_s,
+            ca_bundle=str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None,
         )
         reports += write_chunk(result, [p.symbol for p in chunk])
         throttled = result.throttled

@@ -23,7 +23,11 @@ class Settings(BaseSettings):
 
     # A secret too: a PostgreSQL URL usually carries its password.
     database_url: SecretStr = SecretStr(f"sqlite:///{PROJECT_ROOT / 'data' / 'market.db'}")
+    # Yahoo's hosts are reached at this URL's address (https, port 443), as by an /etc/hosts
+    # entry: a mirror that answers for Yahoo's names, or a local stand-in.
     yahoo_base_url: str = "https://query2.finance.yahoo.com"
+    # CA certificates to trust for Yahoo instead of the public ones (a mirror's own CA).
+    yahoo_ca_bundle: Path | None = None
     fred_base_url: str = "https://api.stlouisfed.org"
     fred_api_key: SecretStr | None = None
     backup_dir: Path = PROJECT_ROOT / "data" / "backups"

@@ -1,22 +1,23 @@
-"""Yahoo Finance via yfinance 1.7: a session aimed at any base URL, per-symbol errors, backoff."""
+"""Yahoo Finance via yfinance 1.7 and its curl_cffi transport: per-symbol errors, backoff."""
 
 from __future__ import annotations
 
 import random
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pandas as pd
-import requests
+from curl_cffi import CurlOpt
+from curl_cffi import requests as curl_requests
+from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
+from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from requests.adapters import HTTPAdapter
-from requests.exceptions import ConnectionError as RequestsConnectionError
-from requests.exceptions import Timeout
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 
 from tasks.calendars import Fetch, Market
@@ -44,47 +45,59 @@ class YahooThrottled(RuntimeError):
 
 # ---------------------------------------------------------------------------- session
 
-
-class RewriteAdapter(HTTPAdapter):
-    """Send every *.yahoo.com request (cookie, crumb, chart, quote) to another base URL."""
-
-    def __init__(self, base_url: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.base = urlsplit(base_url.rstrip("/"))
-
-    def send(self, request, **kwargs):
-        parts = urlsplit(request.url)
-        if (parts.hostname or "").endswith("yahoo.com"):
-            # The stand-in tells fc.yahoo.com from query2 by this header, since paths overlap.
-            request.headers["X-Yahoo-Host"] = parts.hostname
-            path = self.base.path + parts.path
-            request.url = urlunsplit(
-                (self.base.scheme, self.base.netloc, path, parts.query, parts.fragment)
-            )
-        return super().send(request, **kwargs)
+# Every host yfinance 1.7 reaches for prices: the cookie, consent and crumb calls, the chart.
+YAHOO_HOSTS = (
+    "fc.yahoo.com",
+    "guce.yahoo.com",
+    "consent.yahoo.com",
+    "finance.yahoo.com",
+    "query1.finance.yahoo.com",
+    "query2.finance.yahoo.com",
+)
 
 
-def _raise_on_server_error(response, *args, **kwargs):
-    # yfinance turns a 5xx into a JSON decoding error; raise something a retry can recognise.
-    if response.status_code >= 500 and "/v8/finance/chart/" in response.url:
-        raise YahooServerError(f"HTTP {response.status_code} from Yahoo chart API")
-    return response
+class YahooSession(curl_requests.Session):
+    """yfinance's own kind of session (curl_cffi with Chrome's fingerprint, as yfinance makes
+    it) whose chart 5xx answers raise: yfinance would turn them into a JSON decoding error,
+    and a retry must tell a server error from a bad payload by its status."""
+
+    def request(self, method, url, *args, **kwargs):
+        response = super().request(method, url, *args, **kwargs)
+        if response.status_code >= 500 and "/v8/finance/chart/" in str(url):
+            raise YahooServerError(f"HTTP {response.status_code} from Yahoo chart API")
+        return response
+
+
+def resolve_entries(base_url: str) -> list[str]:
+    """curl's --resolve entries that send every Yahoo host to base_url's address, if it is
+    not Yahoo's own: URLs, Host headers and TLS names stay Yahoo's, as with an /etc/hosts
+    entry, so a mirror (or a local stand-in) must answer for Yahoo's names on port 443."""
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    if host == "yahoo.com" or host.endswith(".yahoo.com"):
+        return []
+    if parts.scheme != "https" or parts.port not in (None, 443):
+        raise ValueError(
+            f"INVESTFLOW_YAHOO_BASE_URL={base_url!r}: Yahoo is reached over https on port 443; "
+            "give https://ADDRESS of a host that answers for Yahoo's names there"
+        )
+    address = socket.gethostbyname(host)
+    return [f"{name}:443:{address}" for name in YAHOO_HOSTS]
 
 
 @lru_cache(maxsize=8)
-def yahoo_session(base_url: str) -> requests.Session | None:
-    """A requests session aimed at base_url, or None for real Yahoo (yfinance's curl_cffi)."""
-    if base_url.rstrip("/") == YAHOO_DEFAULT_URL:
-        return None  # curl_cffi's browser fingerprint is what real Yahoo tolerates best
-    session = requests.Session()
-    adapter = RewriteAdapter(base_url)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.hooks["response"].append(_raise_on_server_error)
-    return session
+def yahoo_session(base_url: str = YAHOO_DEFAULT_URL, ca_bundle: str | None = None) -> YahooSession:
+    """The session yfinance talks through: its own client, aimed at base_url's address and
+    trusting ca_bundle (a mirror's own CA) when given."""
+    entries = resolve_entries(base_url)
+    return YahooSession(
+        impersonate="chrome",
+        curl_options={CurlOpt.RESOLVE: entries} if entries else None,
+        verify=ca_bundle or True,
+    )
 
 
-def reset_yfinance(session: requests.Session | None) -> None:
+def reset_yfinance(session: YahooSession) -> None:
     """Point yfinance's process-wide client at session and forget its cached responses."""
     import yfinance as yf
     from yfinance.data import YfData
@@ -92,8 +105,7 @@ def reset_yfinance(session: requests.Session | None) -> None:
     # Raise per-symbol errors instead of logging them: 1.7 has no yf.shared._ERRORS to read.
     yf.config.debug.hide_exceptions = False
     yf.config.network.retries = 0  # retries are ours, with backoff and a polite rate
-    if session is not None:
-        YfData(session=session)
+    YfData(session=session)
     # cache_get keeps up to 64 past-range responses per process: a memory cost, and a re-run
     # would never reach Yahoo (or a new stand-in) again.
     YfData.cache_get.cache_clear()
@@ -117,7 +129,7 @@ def fetch_history(
     start,
     end,
     tz: str,
-    session: requests.Session | None,
+    session: YahooSession,
     timeout_s: float,
 ) -> History:
     """One chart request for a symbol: daily bars with unadjusted close, adj close and actions."""
@@ -162,7 +174,9 @@ def is_throttle(exc: BaseException) -> bool:
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, (YahooServerError, Timeout, RequestsConnectionError))
+    """5xx, timeouts and connection errors (refused, reset, closed) of curl_cffi, the
+    transport yfinance uses: worth another try."""
+    return isinstance(exc, (YahooServerError, CurlTimeout, CurlConnectionError))
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
@@ -298,9 +312,10 @@ def fetch_chunk(
     backoff_s: float = 2.0,
     rate_limit: str | None = "yahoo",
     workers: int = 2,
+    ca_bundle: str | None = None,
 ) -> ChunkResult:
     """Fetch a chunk of symbols one request at a time, each after a polite rate-limit slot."""
-    session = yahoo_session(base_url)
+    session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
     before = (lambda: polite(rate_limit)) if rate_limit else (lambda: None)
 

@@ -34,6 +34,9 @@ os.environ.update(
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_SERVER_UI_ENABLED="false",
     PREFECT_LOGGING_LEVEL="INFO",
+    # yfinance caches cookies and timezones under the user's cache folder: keep the stand-ins'
+    # out of the developer's, and start every session as a fresh machine would.
+    XDG_CACHE_HOME=str(_PREFECT_HOME / "cache"),
     # Tests never read the developer's .env: each sets what it needs.
     INVESTFLOW_DATABASE_URL=f"sqlite:///{_PREFECT_HOME}/market.db",
 )

@@ -32,6 +32,7 @@ POOLS = ["fargate", "gpu-desktop", "oracle-chuncheon", "oracle-mumbai", "oracle-
 def newcomer_env(port: int, **extra: str) -> dict[str, str]:
     """A shell with none of this test session's Prefect or investflow settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "INVESTFLOW_"))}
+    env.pop("XDG_CACHE_HOME", None)  # the session's own, for yfinance; pip keeps its cache
     env.update(INVESTFLOW_PREFECT_PORT=str(port), **extra)
     return env
 

@@ -32,7 +32,7 @@ def local_stack(pg_url, tmp_path_factory):
     with FakeYahoo() as yahoo, FakeWebhook() as webhook:
         env = stack.stack_env(
             INVESTFLOW_DATABASE_URL=pg_url,
-            INVESTFLOW_YAHOO_BASE_URL=yahoo.url,
+            **yahoo.env(),
             INVESTFLOW_ALERT_WEBHOOK_URL=webhook.url + "/api/webhooks/1/alert-token",
             INVESTFLOW_FRED_API_KEY=FRED_KEY,
             INVESTFLOW_BACKUP_DIR=str(tmp_path_factory.mktemp("backups")),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
+import ssl
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ class Response:
     body: bytes | str | dict | list = b""
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    reset: bool = False  # drop the connection with a TCP reset instead of answering
 
 
 @dataclass
@@ -44,10 +48,13 @@ class FakeServer:
     """Subclass and implement route(); start() serves on a free 127.0.0.1 port.
 
     fail(match, status, body, times) makes the next `times` requests whose path contains
-    `match` answer with that instead, so a test can script 429s, 500s or stalls.
+    `match` answer with that instead, so a test can script 429s, 500s, stalls or resets.
+    With tls (a server context), it serves HTTPS, as the real service does.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.requests: list[Request] = []
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
@@ -69,6 +76,13 @@ class FakeServer:
                 resp = fake._fault_for(req) or fake.route(req)
                 if resp.delay_s:
                     time.sleep(resp.delay_s)
+                if resp.reset:
+                    # SO_LINGER 0: close() sends RST, as a peer or middlebox that drops us does.
+                    linger = struct.pack("ii", 1, 0)
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+                    self.connection.close()
+                    self.close_connection = True
+                    return
                 payload = resp.body
                 headers = dict(resp.headers)
                 if isinstance(payload, (dict, list)):
@@ -91,8 +105,14 @@ class FakeServer:
             def log_message(self, *args) -> None:  # keep test output quiet
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        self.tls = tls
+        if tls is not None:
+            # The handshake happens in each request's thread, not in the accept loop.
+            self._server.socket = tls.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread: threading.Thread | None = None
 
     # -- to implement
@@ -100,9 +120,17 @@ class FakeServer:
         return Response(404, {"error": "no route"})
 
     # -- scripting
-    def fail(self, match: str, status: int, body="", times: int = 1, delay_s: float = 0.0):
+    def fail(
+        self,
+        match: str,
+        status: int,
+        body="",
+        times: int = 1,
+        delay_s: float = 0.0,
+        reset: bool = False,
+    ):
         with self._lock:
-            self._faults.append(_Fault(match, Response(status, body, {}, delay_s), times))
+            self._faults.append(_Fault(match, Response(status, body, {}, delay_s, reset), times))
 
     def _fault_for(self, req: Request) -> Response | None:
         target = req.path + "?" + "&".join(f"{k}={v}" for k, v in req.query.items())
@@ -120,6 +148,8 @@ class FakeServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
+        if self.tls is not None:
+            return f"https://{host}" + ("" if port == 443 else f":{port}")
         return f"http://{host}:{port}"
 
     def start(self) -> FakeServer:

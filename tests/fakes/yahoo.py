@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import random
 import zlib
 from functools import lru_cache
 
@@ -10,9 +12,13 @@ import numpy as np
 import pandas as pd
 
 from tasks.calendars import market_of, trading_calendar
+from tasks.yahoo import YAHOO_HOSTS
 from tests.fakes.base import FakeServer, Request, Response
+from tests.fakes.tls import server_context
 
 CRUMB = "fakeCrumb123"
+# Yahoo's A3 consent cookie lasts a year; yfinance caches it and reads its expiry.
+A3_COOKIE = "A3=fake; Max-Age=31557600; Domain=.yahoo.com; Path=/; SameSite=None; Secure"
 
 
 @lru_cache(maxsize=4)
@@ -26,6 +32,9 @@ def _sessions(calendar: str) -> tuple[pd.DatetimeIndex, np.ndarray]:
 class FakeYahoo(FakeServer):
     """Answers what yfinance asks: cookie (/), crumb, consent pages, chart and quote.
 
+    It serves HTTPS on port 443 of an address of its own in 127.0.0.0/8, with a certificate
+    for Yahoo's names from a throwaway CA: yfinance reaches it through its own curl_cffi
+    session, only resolved there (see tasks.yahoo.resolve_entries). Give the flows `env()`.
     Every symbol trades on its market's real calendar (exchange-calendars), so holidays match.
     Script faults with fail(match, status, body, times, delay_s), or per symbol with the sets
     delisted, empty and malformed. Events: `splits[symbol] = {date: (num, den)}` and
@@ -33,12 +42,29 @@ class FakeYahoo(FakeServer):
     """
 
     def __init__(self) -> None:
-        super().__init__()
+        context, self.ca_file = server_context(YAHOO_HOSTS)
+        for _ in range(20):
+            # Port 443 (curl's resolve keeps the port) on an address no other stand-in has.
+            octets = (random.randint(1, 254), random.randint(0, 255), random.randint(2, 254))
+            address = "127.{}.{}.{}".format(*octets)
+            try:
+                super().__init__(address, 443, tls=context)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
         self.delisted: set[str] = set()
         self.empty: set[str] = set()
         self.malformed: set[str] = set()
         self.splits: dict[str, dict[dt.date, tuple[int, int]]] = {}
         self.dividends: dict[str, dict[dt.date, float]] = {}
+
+    def env(self) -> dict[str, str]:
+        """The settings that point the flows at this stand-in."""
+        return {
+            "INVESTFLOW_YAHOO_BASE_URL": self.url,
+            "INVESTFLOW_YAHOO_CA_BUNDLE": str(self.ca_file),
+        }
 
     # -- what tests read
     def chart_requests(self, symbol: str | None = None) -> list[Request]:
@@ -48,11 +74,10 @@ class FakeYahoo(FakeServer):
     # -- routes
     def route(self, req: Request) -> Response:
         path = req.path
-        if path == "/" or path == "/consent" or "Consent" in path:
+        host = req.headers.get("Host", "").split(":")[0]
+        if host == "fc.yahoo.com" or path == "/consent" or "Consent" in path:
             # fc.yahoo.com and the consent pages: a cookie, and no form to fill in.
-            return Response(
-                200, "<html>ok</html>", {"Set-Cookie": "A3=fake; Path=/; Domain=127.0.0.1"}
-            )
+            return Response(200, "<html>ok</html>", {"Set-Cookie": A3_COOKIE})
         if path == "/v1/test/getcrumb":
             return Response(200, CRUMB, {"Content-Type": "text/plain"})
         if path.startswith("/v8/finance/chart/"):

@@ -7,9 +7,12 @@ import datetime as dt
 import pandas as pd
 import pytest
 import yfinance as yf
+from curl_cffi import requests as curl_requests
+from yfinance._http import new_session
 
 from tasks.quality import check_prices, stale_symbols
 from tasks.yahoo import (
+    YAHOO_HOSTS,
     History,
     YahooServerError,
     YahooThrottled,
@@ -19,7 +22,9 @@ from tasks.yahoo import (
     drop_empty_rows,
     fetch_history,
     fetch_with_backoff,
+    is_transient,
     reset_yfinance,
+    resolve_entries,
     to_frames,
     yahoo_session,
 )
@@ -31,7 +36,7 @@ NY = "America/New_York"
 @pytest.fixture
 def fake():
     with FakeYahoo() as server:
-        session = yahoo_session(server.url)
+        session = yahoo_session(server.url, str(server.ca_file))
         reset_yfinance(session)
         server.session = session
         yield server
@@ -47,7 +52,8 @@ def get(fake, symbol, start="2024-06-03", end="2024-06-15", tz=NY, timeout_s=5.0
 def test_every_yfinance_call_reaches_the_stand_in(fake):
     history = get(fake, "AAPL")
     assert len(history.frame) == 10 and history.currency == "USD"
-    hosts = {(r.headers.get("X-Yahoo-Host"), r.path) for r in fake.requests}
+    # yfinance's own URLs, Host headers and TLS names: only the address was changed.
+    hosts = {(r.headers.get("Host"), r.path) for r in fake.requests}
     assert ("query2.finance.yahoo.com", "/v8/finance/chart/AAPL") in hosts
     assert ("fc.yahoo.com", "/") in hosts  # the cookie call too
     # yfinance keeps its crumb per process, so getcrumb is asked once per session of tests;
@@ -56,8 +62,27 @@ def test_every_yfinance_call_reaches_the_stand_in(fake):
     assert chart.query["crumb"] == CRUMB and chart.query["events"] == "div,splits,capitalGains"
 
 
-def test_real_yahoo_keeps_yfinances_own_session():
-    assert yahoo_session("https://query2.finance.yahoo.com") is None
+def test_the_session_is_yfinances_own_kind_aimed_only_by_address():
+    real = yahoo_session()
+    assert isinstance(real, curl_requests.Session) and real.impersonate == "chrome"
+    # Real Yahoo: nothing redirected, the same trust as the session yfinance makes itself.
+    assert not real.curl_options and real.verify == new_session().verify
+    entries = resolve_entries("https://127.9.8.7")
+    assert entries == [f"{host}:443:127.9.8.7" for host in YAHOO_HOSTS]
+    assert "query2.finance.yahoo.com:443:127.9.8.7" in entries
+
+
+def test_a_base_url_yahoo_cannot_be_reached_on_is_refused_naming_the_setting():
+    with pytest.raises(ValueError, match="INVESTFLOW_YAHOO_BASE_URL=.*port 443"):
+        resolve_entries("http://127.0.0.1:8080")
+
+
+def test_the_stand_ins_certificate_is_checked():
+    # Trusting only the public CAs, the stand-in's throwaway certificate is refused.
+    with FakeYahoo() as server:
+        session = yahoo_session(server.url)
+        with pytest.raises(curl_requests.exceptions.SSLError):
+            session.get("https://query2.finance.yahoo.com/v1/test/getcrumb", timeout=5)
 
 
 def test_unadjusted_close_adj_close_and_actions_are_kept(fake):
@@ -92,8 +117,8 @@ def test_per_symbol_errors_say_what_went_wrong(fake):
     assert reasons["NONE"].startswith("no data")
 
 
-def test_429_twice_then_success_backs_off_once(fake):
-    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=2)
+def test_three_429s_then_success_complete_within_the_backoff_bounds(fake):
+    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=3)
     slept, slots = [], []
     history = fetch_with_backoff(
         lambda: get(fake, "MSFT"),
@@ -102,8 +127,9 @@ def test_429_twice_then_success_backs_off_once(fake):
         before_request=lambda: slots.append(1),
     )
     assert len(history.frame) == 10
-    # yfinance retries a 429 once itself (with a fresh crumb), then raises YFRateLimitError.
-    assert len(fake.chart_requests("MSFT")) == 3
+    # yfinance asks again once itself after a 429 (with a fresh crumb), then raises
+    # YFRateLimitError: two of our attempts, four chart requests, one backoff.
+    assert len(fake.chart_requests("MSFT")) == 4
     assert len(slept) == 1 and 0.5 <= slept[0] <= 0.75 and len(slots) == 2
 
 
@@ -115,20 +141,48 @@ def test_throttling_past_the_attempts_raises(fake):
     assert len(slept) == 2 and slept[1] >= 2 * 2.0
 
 
-def test_server_error_and_slow_response_are_retried(fake):
-    fake.fail("/v8/finance/chart/KO", 500, "oops", times=1)
-    fake.fail("/v8/finance/chart/KO", 200, "{}", times=1, delay_s=2.0)
+def test_a_503_then_200_completes_the_symbol(fake):
+    fake.fail("/v8/finance/chart/KO", 503, "<html>Service Unavailable</html>", times=1)
+    slept = []
+    history = fetch_with_backoff(lambda: get(fake, "KO"), base_s=0.01, sleep=slept.append)
+    assert len(history.frame) == 10
+    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
+
+
+def test_a_503_that_persists_fails_the_symbol_as_a_server_error(fake):
+    fake.fail("/v8/finance/chart/KO", 503, "<html>Service Unavailable</html>", times=100)
+    slept = []
+    with pytest.raises(YahooServerError, match="HTTP 503"):
+        fetch_with_backoff(lambda: get(fake, "KO"), attempts=3, base_s=0.01, sleep=slept.append)
+    assert len(fake.chart_requests("KO")) == 3 and len(slept) == 2
+
+
+def test_a_stalled_response_times_out_and_is_retried(fake):
+    fake.fail("/v8/finance/chart/KO", 200, "{}", times=1, delay_s=3.0)
     slept = []
     history = fetch_with_backoff(
         lambda: get(fake, "KO", timeout_s=0.5), base_s=0.01, sleep=slept.append
     )
-    assert len(history.frame) == 10 and len(slept) == 2
+    assert len(history.frame) == 10
+    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
 
 
-def test_server_error_is_recognised():
-    err = YahooServerError("HTTP 500 from Yahoo chart API")
-    with pytest.raises(YahooServerError):
-        fetch_with_backoff(lambda: (_ for _ in ()).throw(err), attempts=2, sleep=lambda s: None)
+def test_a_connection_reset_is_retried(fake):
+    fake.fail("/v8/finance/chart/KO", 200, times=1, reset=True)
+    slept = []
+    history = fetch_with_backoff(lambda: get(fake, "KO"), base_s=0.01, sleep=slept.append)
+    assert len(history.frame) == 10
+    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
+
+
+def test_transport_errors_are_curl_cffis_and_count_as_transient(fake):
+    fake.fail("/v8/finance/chart/KO", 200, times=1, reset=True)
+    with pytest.raises(curl_requests.exceptions.ConnectionError) as reset:
+        get(fake, "KO")
+    fake.fail("/v8/finance/chart/KO", 200, "{}", times=1, delay_s=3.0)
+    with pytest.raises(curl_requests.exceptions.Timeout) as stalled:
+        get(fake, "KO", timeout_s=0.5)
+    assert is_transient(reset.value) and is_transient(stalled.value)
 
 
 def test_mixed_market_download_drops_the_other_markets_holidays(fake):
