@@ -56,12 +56,12 @@ def api(port: int, path: str, body: dict | None = None, method: str | None = Non
     )
     for attempt in range(10):
         try:
-            with urllib.request.urlopen(request, timeout=10) as resp:
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return json.loads(resp.read() or "null")
-        except urllib.error.HTTPError as exc:
-            # The server answers 503 while its SQLite database is locked, as Prefect's own
-            # client knows: it retries those too.
-            if exc.code != 503 or attempt == 9:
+        except (urllib.error.HTTPError, TimeoutError) as exc:
+            # The server answers 503 while its SQLite database is locked, and may be slow on a
+            # busy machine, as Prefect's own client knows: it retries those too.
+            if getattr(exc, "code", 503) != 503 or attempt == 9:
                 raise
             time.sleep(1)
 
