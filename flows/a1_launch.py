@@ -32,6 +32,7 @@ from tasks.oci import (
     find_instance,
     find_public_ip,
     launch_details,
+    limit_persists,
     list_availability_domains,
     try_launch,
 )
@@ -60,7 +61,7 @@ def launch_a1_instance(
     throttle_base_seconds: float = 900,
     throttle_max_seconds: float = 3600,
     throttle_jitter_seconds: float = 120,
-    limit_relist_seconds: float = 60,
+    limit_exceeded_attempts: int = 10,  # LimitExceeded answers in a row before giving up
     max_run_minutes: float = 9,  # under the 10-minute schedule: runs never overlap
     progress_every: int = 20,
     credentials_block: str = "oci-credentials",
@@ -253,21 +254,20 @@ def launch_a1_instance(
                 record(ad, result.kind, code, 0.0, result.request_id)
                 refuse(state, f"OCI refused the launch in {ad}: {result.describe()}")
             if result.kind == LIMIT:
-                # 7. The quota counts an instance the list may not show yet: look again.
-                record(ad, result.kind, code, 0.0, result.request_id)
-                for _ in range(3):
-                    sleep(limit_relist_seconds)
-                    existing = look()
-                    if existing is not None and not isinstance(existing, Failure):
-                        return done(existing, state, "exists")
-                refuse(
-                    state,
-                    f"LimitExceeded and no instance named {display_name!r} appeared "
-                    f"after 3 re-lists: {result.describe()}",
-                )
+                # 7. OCI also answers LimitExceeded while its limit counters lag behind: ours
+                #    listed means done; none means wait like a capacity round and try again.
+                existing = look()
+                if existing is not None and not isinstance(existing, Failure):
+                    record(ad, result.kind, code, 0.0, result.request_id)
+                    return done(existing, state, "exists")
 
-            # 8. Capacity, throttling, a transient error or a missing shape: retry per policy.
+            # 8. Capacity, throttling, a transient error, a missing shape or a lagging limit
+            #    counter: retry per policy.
             wait = after_refusal(state, result.kind, ad, len(ads), pacing)
+            if result.kind == LIMIT and state.limit_streak >= limit_exceeded_attempts:
+                record(ad, result.kind, code, 0.0, result.request_id)
+                streak, state.limit_streak = state.limit_streak, 0  # the next run counts afresh
+                refuse(state, limit_persists(display_name, streak, ocpus, memory_gbs, result))
             state.backoff_s = wait
             state.next_attempt_at = clock() + wait
             save_state(display_name, state)
@@ -279,6 +279,12 @@ def launch_a1_instance(
                 result.describe(),
                 wait,
             )
+            if result.kind == LIMIT:
+                log.warning(
+                    "LimitExceeded with none of ours listed (lagging counters?): %d of %d",
+                    state.limit_streak,
+                    limit_exceeded_attempts,
+                )
             if result.kind == "throttle":
                 send_alert(
                     f"A1 launch throttled: {display_name}",

@@ -25,6 +25,7 @@ class LaunchState:
 
     attempts: int = 0
     throttle_streak: int = 0  # consecutive 429s; any other answer resets it
+    limit_streak: int = 0  # consecutive LimitExceeded with none of ours listed; likewise
     backoff_s: float = 0.0  # the wait chosen after the last attempt
     next_attempt_at: float = 0.0  # epoch seconds; no launch before this
     ad_cursor: int = 0  # which availability domain comes next (index into the usable ones)
@@ -103,9 +104,11 @@ class Pacing:
 def after_refusal(
     state: LaunchState, kind: str, ad: str, n_ads: int, pacing: Pacing, rng=None
 ) -> float:
-    """Advance the campaign after a capacity/throttle/transient/shape answer; return the wait."""
+    """Advance the campaign after a retryable refusal (see tasks.oci.classify); return the wait."""
     if kind != "throttle":
         state.throttle_streak = 0
+    if kind != "limit":
+        state.limit_streak = 0
     if kind == "transient":
         # keep the token and the AD: the request may have gone through, and OCI answers a
         # replayed token with the instance it already made instead of making a second one
@@ -120,6 +123,12 @@ def after_refusal(
             pacing.throttle_jitter_s,
             rng,
         )
+    if kind == "limit":
+        # None of ours was listed, so OCI's limit counters are behind (they lag): the same
+        # request can pass once they catch up. Pause as after a full capacity round.
+        state.limit_streak += 1
+        state.round_tried = 0
+        return interval_wait(pacing.retry_interval_s, pacing.retry_jitter_s, rng)
     if kind == "shape-missing":
         if ad not in state.dropped_ads:
             state.dropped_ads.append(ad)

@@ -59,6 +59,19 @@ def classify(status: int | None, code: str | None, message: str | None) -> str:
     return FATAL  # 400 InvalidParameter, 401 NotAuthenticated, 404 NotAuthorizedOrNotFound, ...
 
 
+def limit_persists(name: str, streak: int, ocpus: float, memory_gbs: float, last: Failure) -> str:
+    """What LimitExceeded means once it outlasts limit_exceeded_attempts, and what to do."""
+    return (
+        f"OCI answered LimitExceeded {streak} times in a row and no instance named {name!r} is "
+        f"in the compartment, so this is no longer the limit counters lagging: the tenancy's "
+        f"A1 limits are in use (another instance, another name or compartment) or too low "
+        f"for {ocpus:g} OCPU / {memory_gbs:g} GB. Check Limits, Quotas and Usage in the OCI "
+        f"console, free or raise the limit, then run again (the next run waits through "
+        f"{streak} more such answers; parameter limit_exceeded_attempts). "
+        f"Last answer: {last.describe()}"
+    )
+
+
 def failure_from(exc: BaseException) -> Failure:
     """Classify an exception raised by the SDK (ServiceError, timeout, connection error)."""
     import oci

@@ -93,6 +93,11 @@ class FakeOci(FakeServer):
     script_launch("capacity", "capacity", "ok") sets what the next launches answer (then
     `default`); ad_outcome[ad] = "shape" makes one AD always answer that. launches counts
     LaunchInstance calls; launch_requests keeps their headers and bodies.
+
+    Service limits as OCI enforces them, before capacity: with a1_core_limit set, a launch
+    whose OCPUs would take the tenancy's A1 cores past it answers 400 LimitExceeded. OCI counts
+    every live instance, listed yet or not, and its counters lag: counters_lag(cores, n) keeps
+    cores counted that no instance holds for the next n launches.
     """
 
     def __init__(self, key: ApiKey | None = None, ads=ADS, default: str = "ok") -> None:
@@ -108,6 +113,9 @@ class FakeOci(FakeServer):
         self.by_token: dict[str, dict] = {}
         self.public_ip: str | None = "203.0.113.10"
         self.bad_signatures = 0
+        self.a1_core_limit: float | None = None
+        self.lagging_cores = 0.0
+        self.lag_launches = 0
         self._oci_lock = threading.Lock()
 
     # -- scripting
@@ -115,11 +123,30 @@ class FakeOci(FakeServer):
         self.script.extend(outcomes)
 
     def add_instance(
-        self, display_name: str, state: str = "RUNNING", ad: str | None = None, hidden_lists=0
+        self,
+        display_name: str,
+        state: str = "RUNNING",
+        ad: str | None = None,
+        hidden_lists=0,
+        ocpus: float = 2,
     ) -> dict:
-        inst = self._instance(display_name, ad or self.ads[0], "ocid1.compartment.oc1..test", state)
+        compartment = "ocid1.compartment.oc1..test"
+        inst = self._instance(display_name, ad or self.ads[0], compartment, state, ocpus)
         self.hidden_lists[inst["id"]] = hidden_lists
         return inst
+
+    def counters_lag(self, cores: float, launches: int) -> None:
+        """Count cores no instance holds for the next launches (a terminated one, say)."""
+        self.lagging_cores, self.lag_launches = cores, launches
+
+    def a1_cores_counted(self) -> float:
+        """The A1 cores OCI's counters hold now: live instances, listed or not, plus any lag."""
+        live = sum(
+            i["shapeConfig"]["ocpus"]
+            for i in self.instances
+            if i["lifecycleState"] != "TERMINATED" and ".A1." in i["shape"]
+        )
+        return live + (self.lagging_cores if self.lag_launches > 0 else 0.0)
 
     @property
     def launches(self) -> int:
@@ -182,18 +209,38 @@ class FakeOci(FakeServer):
             if token and token in self.by_token:  # OCI answers a replayed token with the same one
                 return self._ok(self.by_token[token])
             ad = body["availabilityDomain"]
-            outcome = self.ad_outcome.get(ad) or (self.script.pop(0) if self.script else None)
-            outcome = outcome or self.default
+            ocpus = float((body.get("shapeConfig") or {}).get("ocpus") or 1)
+            over = (
+                self.a1_core_limit is not None
+                and ".A1." in body["shape"]
+                and self.a1_cores_counted() + ocpus > self.a1_core_limit
+            )
+            self.lag_launches = max(0, self.lag_launches - 1)
+            if over:
+                outcome = "limit"
+            else:
+                outcome = self.ad_outcome.get(ad) or (self.script.pop(0) if self.script else None)
+                outcome = outcome or self.default
         if outcome != "ok":
             return self._error(outcome)
-        inst = self._instance(body["displayName"], ad, body["compartmentId"], "PROVISIONING")
-        inst.update(shape=body["shape"], imageId=body["sourceDetails"]["imageId"])
+        inst = self._instance(
+            body["displayName"], ad, body["compartmentId"], "PROVISIONING", ocpus, body["shape"]
+        )
+        inst.update(imageId=body["sourceDetails"]["imageId"])
         if token:
             self.by_token[token] = inst
         return self._ok(inst)
 
     # -- helpers
-    def _instance(self, name: str, ad: str, compartment: str, state: str) -> dict:
+    def _instance(
+        self,
+        name: str,
+        ad: str,
+        compartment: str,
+        state: str,
+        ocpus: float = 2,
+        shape: str = "VM.Standard.A1.Flex",
+    ) -> dict:
         inst = {
             "id": f"ocid1.instance.oc1.{REGION}.{uuid.uuid4().hex}",
             "displayName": name,
@@ -201,7 +248,8 @@ class FakeOci(FakeServer):
             "compartmentId": compartment,
             "lifecycleState": state,
             "region": REGION,
-            "shape": "VM.Standard.A1.Flex",
+            "shape": shape,
+            "shapeConfig": {"ocpus": ocpus, "memoryInGBs": ocpus * 6},
             "timeCreated": "2025-06-15T10:00:00.000Z",
         }
         with self._oci_lock:

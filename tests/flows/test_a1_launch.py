@@ -162,17 +162,98 @@ def test_an_existing_instance_means_zero_launches(oci_fake, webhook, creds_block
     assert oci_fake.launches == 0 and webhook.count() == 0
 
 
-def test_limit_exceeded_relists_and_finds_the_instance(oci_fake, webhook, creds_block, name):
-    # The instance exists but the list lags: hidden from the first two lists (the start-of-run
-    # check and the pre-attempt list), so the launch answers LimitExceeded.
-    oci_fake.add_instance(name, "PROVISIONING", hidden_lists=2)
-    oci_fake.script_launch("limit")
-    clock = FakeClock()
-    state = launch(name, creds_block, clock, limit_relist_seconds=60)
+def ours(oci_fake, name) -> list[dict]:
+    return [i for i in oci_fake.instances if i["displayName"] == name]
 
-    assert state.result()["status"] == "exists" and oci_fake.launches == 1
-    assert clock.sleeps[0] == 60
+
+def lists_between_launches(oci_fake) -> list[int]:
+    """How many ListInstances calls came after each LaunchInstance, before the next one."""
+    counts: list[int] = []
+    for req in oci_fake.requests:
+        if req.method == "POST" and req.path.endswith("/instances"):
+            counts.append(0)
+        elif counts and req.method == "GET" and req.path.endswith("/instances"):
+            counts[-1] += 1
+    return counts
+
+
+def test_limit_exceeded_with_no_instance_waits_for_the_counters_and_launches_once(
+    oci_fake, webhook, creds_block, name
+):
+    # The tenancy holds nothing, but OCI's counters still count 4 cores for three launches.
+    oci_fake.a1_core_limit = 4
+    oci_fake.counters_lag(cores=4, launches=3)
+    clock = FakeClock()
+    state = launch(name, creds_block, clock, retry_interval_seconds=60, retry_jitter_seconds=0)
+
+    assert state.is_completed() and state.result()["status"] == "launched"
+    assert oci_fake.launches == 4 and len(ours(oci_fake, name)) == 1
+    assert clock.sleeps == [60, 60, 60]  # a capacity pause after each, not a throttle backoff
+    # each LimitExceeded was followed by a look at the compartment (and the pre-attempt list)
+    assert lists_between_launches(oci_fake)[:3] == [2, 2, 2]
+    assert [r["outcome"] for r in attempts_table(state)] == ["limit"] * 3 + ["launched"]
+    assert attempts_table(state)[0]["oci_code"] == "400 LimitExceeded"
+    assert webhook.matching("A1 launch failed") == []
     assert len(webhook.matching("A1 instance ready")) == 1
+    assert load_state(name).limit_streak == 0
+
+
+def test_limit_exceeded_when_ours_exists_is_done_without_a_second_launch(
+    oci_fake, webhook, creds_block, name
+):
+    # Ours holds the tenancy's 2 A1 cores but the list lags: hidden from the start-of-run
+    # check and the pre-attempt list, so the flow launches and OCI answers LimitExceeded.
+    existing = oci_fake.add_instance(name, "PROVISIONING", ocpus=2, hidden_lists=2)
+    oci_fake.a1_core_limit = 2
+    clock = FakeClock()
+    state = launch(name, creds_block, clock)
+
+    result = state.result()
+    assert result["status"] == "exists" and result["instance_id"] == existing["id"]
+    assert oci_fake.launches == 1 and ours(oci_fake, name) == [existing]
+    assert clock.sleeps == []  # the list right after the answer found it: no wait
+    assert [r["outcome"] for r in attempts_table(state)] == ["limit", "exists"]
+    assert len(webhook.matching("A1 instance ready")) == 1
+    assert webhook.matching("A1 launch failed") == []
+
+
+def test_limit_exceeded_past_the_configured_attempts_alerts_once_and_says_why(
+    oci_fake, webhook, creds_block, name
+):
+    # A real limit: another instance holds the tenancy's 4 A1 cores, under another name.
+    oci_fake.add_instance("someone-elses-vm", "RUNNING", ocpus=4)
+    oci_fake.a1_core_limit = 4
+    clock = FakeClock()
+    params = dict(
+        limit_exceeded_attempts=3,
+        retry_interval_seconds=300,
+        retry_jitter_seconds=0,
+        max_run_minutes=9,
+    )
+    first = launch(name, creds_block, clock, **params)
+
+    # Two answers fit in this run; the streak is kept for the next one, which goes on counting.
+    assert first.result()["status"] == "waiting" and oci_fake.launches == 2
+    assert load_state(name).limit_streak == 2
+    assert webhook.matching("A1 launch failed") == []
+
+    second = launch(name, creds_block, clock, **params)
+
+    assert second.is_failed() and oci_fake.launches == 3
+    assert ours(oci_fake, name) == []
+    message = str(second.result(raise_on_failure=False))
+    for words in (
+        "LimitExceeded 3 times in a row",
+        f"no instance named {name!r}",
+        "Limits, Quotas and Usage",
+        "limit_exceeded_attempts",
+        "opc-request-id fake/",
+    ):
+        assert words in message
+    failed = webhook.matching("A1 launch failed")
+    assert len(failed) == 1 and "LimitExceeded 3 times in a row" in failed[0]
+    assert webhook.count() == 2  # the campaign's start and this one failure, nothing else
+    assert load_state(name).limit_streak == 0  # a later run waits through 3 answers again
 
 
 def test_shape_missing_in_an_ad_drops_it_and_goes_on(oci_fake, webhook, creds_block, name):

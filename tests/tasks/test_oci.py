@@ -94,6 +94,35 @@ def test_oci_answers_are_classified_for_the_retry_policy(scripted, kind):
     assert classify(status, code, message) == kind
 
 
+def test_limit_exceeded_is_told_by_status_and_code_never_by_the_message():
+    assert classify(400, "LimitExceeded", "") == LIMIT
+    assert classify(400, "LimitExceeded", "worded some other way") == LIMIT
+    assert classify(400, "InvalidParameter", "LimitExceeded: service limits were exceeded") == FATAL
+    assert classify(409, "LimitExceeded", "") == FATAL
+
+
+def test_the_sdks_limit_exceeded_error_is_a_limit_failure():
+    import oci
+
+    error = oci.exceptions.ServiceError(
+        400, "LimitExceeded", {"opc-request-id": "req-1"}, "standard-a1-core-count exceeded"
+    )
+    failure = failure_from(error)
+    assert (failure.kind, failure.status, failure.code) == (LIMIT, 400, "LimitExceeded")
+    assert failure.request_id == "req-1"
+
+
+def test_limit_answers_pause_like_a_capacity_round_and_count_in_a_row():
+    state = LaunchState(pending_token="t1", pending_ad=ADS[0], round_tried=1)
+    pacing = Pacing(retry_interval_s=60, retry_jitter_s=10)
+    assert 60 <= after_refusal(state, LIMIT, ADS[0], 3, pacing) <= 70
+    assert 60 <= after_refusal(state, LIMIT, ADS[0], 3, pacing) <= 70
+    assert state.limit_streak == 2 and state.pending_token is None and state.round_tried == 0
+    assert state.ad_cursor == 0  # the limit is the tenancy's, not the AD's: stay
+    after_refusal(state, CAPACITY, ADS[0], 3, pacing)
+    assert state.limit_streak == 0
+
+
 def test_gateway_errors_and_no_answer_are_transient():
     assert {classify(s, None, "") for s in (502, 503, 504, None)} == {TRANSIENT}
 
@@ -201,6 +230,20 @@ def test_find_instance_counts_live_states_and_ignores_terminated(fake, creds, st
     assert find_instance.fn(clients, COMPARTMENT, "a1-test") is None
     live = fake.add_instance("a1-test", state)
     assert find_instance.fn(clients, COMPARTMENT, "a1-test").id == live["id"]
+
+
+@integration
+def test_the_stand_in_enforces_a1_limits_with_lagging_counters(fake, creds):
+    clients = build_clients(creds, fake.url, timeout_s=5)
+    fake.a1_core_limit = 4
+    fake.counters_lag(cores=4, launches=1)  # nothing live, but the counters are behind
+    failure = try_launch.fn(clients, details(), "t1")
+    assert (failure.kind, failure.status, failure.code) == (LIMIT, 400, "LimitExceeded")
+    first = try_launch.fn(clients, details(), "t2")  # the counters caught up
+    assert first.lifecycle_state == "PROVISIONING" and first.shape_config.ocpus == 2
+    try_launch.fn(clients, details(name="a1-second"), "t3")  # 2 + 2 cores: at the limit
+    over = try_launch.fn(clients, details(name="a1-third"), "t4")
+    assert over.kind == LIMIT and fake.launches == 4 and len(fake.instances) == 2
 
 
 @integration
