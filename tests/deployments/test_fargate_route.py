@@ -104,7 +104,15 @@ def run_environment(task: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["environment"]}
 
 
-def test_ecs_worker_submits_us_prices_to_fargate_spot_at_256_512(aws, fargate_route):
+# DESIGN.md: FARGATE_SPOT first; FARGATE on demand takes a share so a run lands when Spot is
+# scarce. With weights 4:1 and base 0 about one task in five runs on FARGATE.
+SPOT_FIRST = [
+    {"capacityProvider": "FARGATE_SPOT", "weight": 4, "base": 0},
+    {"capacityProvider": "FARGATE", "weight": 1, "base": 0},
+]
+
+
+def test_ecs_worker_asks_for_fargate_spot_first_at_256_512(aws, fargate_route):
     route = fargate_route
     assert us_prices_spec()["work_pool"]["name"] == "fargate"
     with get_client(sync_client=True) as client:
@@ -127,9 +135,17 @@ def test_ecs_worker_submits_us_prices_to_fargate_spot_at_256_512(aws, fargate_ro
         tasks = aws.tasks(route["cluster"])
         by_run = {run_environment(t).get("PREFECT__FLOW_RUN_ID"): t for t in tasks}
         assert set(by_run) == {str(i) for i in runs.values()}, out
+        # moto does not model Spot placement: it puts every task on the first provider of the
+        # strategy, so the task's capacityProviderName proves nothing about where AWS would
+        # run it. What the worker controls, and what is checked, is the strategy it sent.
+        run_task = {run_environment(b).get("PREFECT__FLOW_RUN_ID"): b for b in aws.sent("RunTask")}
+        assert set(run_task) == set(by_run), out
         for kind, flow_run_id in runs.items():
+            sent = run_task[str(flow_run_id)]
+            assert sent["capacityProviderStrategy"] == SPOT_FIRST, (kind, sent)
+            assert "launchType" not in sent, kind  # RunTask refuses both together
+            assert sent["cluster"] == route["cluster"], kind
             task = by_run[str(flow_run_id)]
-            assert task["capacityProviderName"] == "FARGATE_SPOT", (kind, out)
             overrides = task["overrides"]
             assert (overrides["cpu"], overrides["memory"]) == ("256", "512"), kind
             (container,) = overrides["containerOverrides"]

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import tempfile
+import urllib.request
+
 import boto3
 from moto.ecs.models import EC2ContainerServiceBackend
+from moto.moto_api import recorder
 from moto.server import ThreadedMotoServer
 
 ACCESS_KEY = "investflow-test-key"
@@ -16,23 +23,55 @@ EXECUTION_ROLE_ARN = "arn:aws:iam::123456789012:role/investflow-ecs-execution"
 class FakeAws:
     """`with FakeAws() as aws:` starts moto on 127.0.0.1:<free port>; `.url` is its endpoint.
 
-    `.env()` is what a worker needs to reach it through the ordinary AWS variables.
+    `.env()` is what a worker needs to reach it through the ordinary AWS variables;
+    `.sent(action)` the bodies of the requests of that action moto received, as its recorder
+    kept them (what describe calls return is moto's model of the result, not the request).
     """
 
     def __init__(self):
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self.url = ""
+        self._recording = ""
+        self._recorder_file = ""
 
     def __enter__(self) -> FakeAws:
         _size_fargate_tasks_like_aws(True)
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.url = f"http://{host}:{port}"
+        # moto picks the recorder's file once, at import (MOTO_RECORDER_FILEPATH, else
+        # ./moto_recording): give this server a file of its own outside the checkout.
+        fd, self._recording = tempfile.mkstemp(prefix="moto-recording-", suffix=".jsonl")
+        os.close(fd)
+        self._recorder_file, recorder._location = recorder._location, self._recording
+        self._moto_api("reset-recording")
+        self._moto_api("start-recording")
         return self
 
     def __exit__(self, *exc) -> None:
+        self._moto_api("stop-recording")
         self._server.stop()
+        recorder._location = self._recorder_file
+        os.unlink(self._recording)
         _size_fargate_tasks_like_aws(False)
+
+    def _moto_api(self, action: str) -> bytes:
+        method = "GET" if action.startswith("download") else "POST"
+        url = f"{self.url}/moto-api/recorder/{action}"
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as r:
+            return r.read()
+
+    def sent(self, action: str) -> list[dict]:
+        """The JSON bodies of every request for action (e.g. "RunTask") that moto received."""
+        bodies = []
+        for line in self._moto_api("download-recording").decode().splitlines():
+            entry = json.loads(line)
+            headers = {k.lower(): v for k, v in entry["headers"].items()}
+            if headers.get("x-amz-target", "").rsplit(".", 1)[-1] != action:
+                continue
+            body = entry["body"]
+            bodies.append(json.loads(base64.b64decode(body) if entry["body_encoded"] else body))
+        return bodies
 
     def env(self) -> dict[str, str]:
         return {
