@@ -194,6 +194,8 @@ class FakeOci(FakeServer):
         found = []
         with self._oci_lock:
             for inst in self.instances:
+                if inst["compartmentId"] != query.get("compartmentId"):
+                    continue  # OCI lists one compartment, never the tenancy
                 if self.hidden_lists.get(inst["id"], 0) > 0:
                     self.hidden_lists[inst["id"]] -= 1
                     continue

@@ -330,6 +330,7 @@ def test_no_private_key_text_in_logs_artifacts_or_alerts(
         "artifact": json.dumps(attempts_table(state)),
         "webhook": b"".join(webhook.raw_bodies).decode(),
         "parameters": json.dumps(run.parameters, default=str),
+        "state": f"{run.state.message} {state.result(raise_on_failure=False)}",
     }
     assert webhook.count() >= 4
     for where, text in haystacks.items():

@@ -230,6 +230,7 @@ def test_find_instance_counts_live_states_and_ignores_terminated(fake, creds, st
     assert find_instance.fn(clients, COMPARTMENT, "a1-test") is None
     live = fake.add_instance("a1-test", state)
     assert find_instance.fn(clients, COMPARTMENT, "a1-test").id == live["id"]
+    assert find_instance.fn(clients, "ocid1.compartment.oc1..other", "a1-test") is None
 
 
 @integration
