@@ -114,22 +114,14 @@ class FakeOci(FakeServer):
         self.public_ip: str | None = "203.0.113.10"
         self.bad_signatures = 0
         self.a1_core_limit: float | None = None
-        self.lagging_cores = 0.0
-        self.lag_launches = 0
+        self.lagging_cores, self.lag_launches = 0.0, 0
         self._oci_lock = threading.Lock()
 
     # -- scripting
     def script_launch(self, *outcomes: str) -> None:
         self.script.extend(outcomes)
 
-    def add_instance(
-        self,
-        display_name: str,
-        state: str = "RUNNING",
-        ad: str | None = None,
-        hidden_lists=0,
-        ocpus: float = 2,
-    ) -> dict:
+    def add_instance(self, display_name, state="RUNNING", ad=None, hidden_lists=0, ocpus=2.0):
         compartment = "ocid1.compartment.oc1..test"
         inst = self._instance(display_name, ad or self.ads[0], compartment, state, ocpus)
         self.hidden_lists[inst["id"]] = hidden_lists
