@@ -4,26 +4,32 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import pandas as pd
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
 from tasks.calendars import MARKETS, as_utc, last_closed_session, plan_fetches
+from tasks.ledger import record_flags
 from tasks.limits import ensure_rate_limit
-from tasks.quality import check_prices, stale_symbols
+from tasks.price_writes import (
+    Rebase,
+    SymbolReport,
+    follow_rebases,
+    instrument_symbols,
+    run_id,
+    write_chunk,
+)
+from tasks.quality import Issue, stale_symbols
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings, latest_dates, upsert_frame
-from tasks.yahoo import ChunkResult, YahooThrottled, fetch_chunk
+from tasks.store import engine_from_settings, latest_dates
+from tasks.yahoo import YahooThrottled, fetch_chunk
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
@@ -90,6 +96,9 @@ def ingest_prices(
         through = min(through, end)
 
     stored = latest_dates(engine, "daily_prices", symbols)
+    # A symbol with prices but no instruments row was cut off mid-write by an older version:
+    # fetch it again from the start so what is missing (its actions, its row) lands.
+    stored = {s: d for s, d in stored.items() if s in instrument_symbols(engine, symbols)}
     backfill_start = start or now.date() - dt.timedelta(days=round(365.25 * BACKFILL_YEARS))
     plans = plan_fetches(
         market, symbols, stored, through, backfill_start, lookback_sessions, start is not None
@@ -120,17 +129,24 @@ def ingest_prices(
         else None
     )
     reports: list[SymbolReport] = []
+    flags: list[Issue] = []
+    rebased: dict[str, Rebase] = {}
     throttled = None
+    ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None
+    fetch = lambda plans: fetch_chunk(  # noqa: E731 - one call shape, used twice
+        plans,
+        market,
+        settings.yahoo_base_url,
+        settings.http_timeout_s,
+        backoff_s,
+        ca_bundle=ca_bundle,
+    )
     for number, chunk in enumerate(chunks, 1):
-        result = fetch_chunk(
-            chunk,
-            market,
-            settings.yahoo_base_url,
-            settings.http_timeout_s,
-            backoff_s,
-            ca_bundle=str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None,
-        )
-        reports += write_chunk(result, [p.symbol for p in chunk])
+        result, found = follow_rebases(engine, fetch(chunk), chunk, through, fetch)
+        rebased |= found
+        written, new_flags = write_chunk(result, chunk, market, through, found)
+        reports += written
+        flags += new_flags
         throttled = result.throttled
         del result
         gc.collect()  # hand the chunk's frames back before the next one is fetched
@@ -141,9 +157,29 @@ def ingest_prices(
 
     latest = latest_dates(engine, "daily_prices", symbols)
     stale = stale_symbols(latest, symbols, through)
+    with engine.begin() as conn:
+        flags += record_flags(
+            conn,
+            [Issue(s, through, "stale", f"newest stored session: {d}") for s, d in stale.items()],
+            "yahoo",
+            run_id(),
+        )
     failed = {r.symbol: r.error for r in reports if r.status == "failed"}
-    summary = summarize(key, through, plans, reports, stale, failed)
+    summary = summarize(key, through, plans, reports, stale, failed, rebased, flags)
     create_table_artifact([asdict(r) for r in reports], key=f"{key}-run")
+    if rebased:
+        create_table_artifact(
+            [asdict(r) | {"start": str(r.start)} for r in rebased.values()], key=f"{key}-rebased"
+        )
+    if flags:
+        create_table_artifact(
+            [
+                {"symbol": i.symbol, "date": str(i.date), "kind": i.kind, "detail": i.detail}
+                for i in flags[:1000]
+            ],
+            key=f"{key}-flags",
+            description=f"{len(flags)} new quality flags (all in the quality_flags table)",
+        )
     create_markdown_artifact(summary, key=f"{key}-summary")
     logger.info(summary)
 
@@ -162,6 +198,8 @@ def ingest_prices(
         "stale": sorted(stale),
         "inserted": sum(r.inserted for r in reports),
         "updated": sum(r.updated for r in reports),
+        "rebased": {s: r.reason for s, r in rebased.items()},
+        "new_flags": len(flags),
     }
 
 
@@ -171,65 +209,7 @@ def load_universe(market_code: str) -> list[str]:
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
 
 
-@dataclass
-class SymbolReport:
-    """One symbol's line in the run's table artifact."""
-
-    symbol: str
-    inserted: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    first_date: str | None = None
-    last_date: str | None = None
-    status: str = "ok"  # ok, flagged, failed
-    error: str = ""
-
-
-@task(name="write-prices", cache_policy=NO_CACHE, persist_result=False)
-def write_chunk(result: ChunkResult, symbols: list[str]) -> list[SymbolReport]:
-    """Check and upsert a chunk: one transaction per symbol, so one bad symbol blocks no other."""
-    engine = engine_from_settings()
-    run_id = str(flow_run.get_id() or "") or None
-    frames = result.frames
-    clean, issues = check_prices(frames.prices, frames.actions)
-    flagged: dict[str, list[str]] = {}
-    for issue in issues:
-        flagged.setdefault(issue.symbol, []).append(str(issue))
-    reports = {}
-    # Group lazily: one symbol's rows at a time, never a second copy of the whole chunk.
-    for symbol, rows in clean.groupby("symbol", sort=False):
-        written = upsert_frame(engine, "daily_prices", rows, flow_run_id=run_id)
-        notes = flagged.get(symbol, []) + [str(r) for r in written.rejected]
-        reports[symbol] = SymbolReport(
-            symbol,
-            written.inserted,
-            written.updated,
-            written.unchanged,
-            len(written.rejected),
-            str(rows["trade_date"].min()),
-            str(rows["trade_date"].max()),
-            "flagged" if notes else "ok",
-            "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""),
-        )
-    del clean
-    for symbol in symbols:
-        if symbol not in reports:
-            why = result.errors.get(symbol, "not fetched: the run stopped first")
-            reports[symbol] = SymbolReport(symbol, status="failed", error=why)
-    if not frames.actions.empty:
-        upsert_frame(engine, "corporate_actions", frames.actions, flow_run_id=run_id)
-    if frames.instruments:
-        save_instruments(engine, frames.instruments)
-    return [reports[s] for s in symbols]
-
-
-def save_instruments(engine, instruments: list[dict]) -> None:
-    """Insert or refresh instruments rows (market, currency, timezone) by symbol."""
-    upsert_frame(engine, "instruments", pd.DataFrame(instruments))
-
-
-def summarize(key, through, plans, reports, stale, failed) -> str:
+def summarize(key, through, plans, reports, stale, failed, rebased, flags) -> str:
     """The run's short markdown summary."""
     lines = [
         f"## {key} through {through}",
@@ -239,7 +219,14 @@ def summarize(key, through, plans, reports, stale, failed) -> str:
         f"updated {sum(r.updated for r in reports)}, "
         f"unchanged {sum(r.unchanged for r in reports)}, "
         f"rejected {sum(r.rejected for r in reports)}",
-        f"- flagged by quality checks: {sum(r.status == 'flagged' for r in reports)}",
+        f"- flagged by quality checks: {sum(r.status == 'flagged' for r in reports)} symbols; "
+        f"{len(flags)} new rows in quality_flags",
+        f"- re-based by the source and rewritten whole: {len(rebased)}"
+        + (
+            ": " + ", ".join(f"{s} ({r.rows_changed} rows; {r.reason})" for s, r in rebased.items())
+            if rebased
+            else ""
+        ),
         f"- failed: {len(failed)}"
         + (": " + ", ".join(f"{s} ({why})" for s, why in failed.items()) if failed else ""),
         f"- stale after the run (older than {through}): {len(stale)}"

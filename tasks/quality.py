@@ -1,4 +1,7 @@
-"""Price quality checks: before writing (OHLC, duplicates, volume, jumps), after (freshness)."""
+"""Price quality checks: before writing (calendar, OHLC, volume, jumps), after (freshness).
+
+Every Issue becomes a quality_flags row (tasks.ledger), once per symbol, day and kind.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-# A daily move past this factor (either way) with no split that day is worth a human's look.
+# A daily move past this factor (either way) with no corporate action that day is worth a look.
 JUMP_FACTOR = 1.8
+# adj_close / close only moves on an ex-dividend or split day; a move past this elsewhere means
+# an action the source did not report (or a broken adjustment).
+ADJ_RATIO_JUMP = 0.001
 
 
 @dataclass(frozen=True)
@@ -19,7 +25,9 @@ class Issue:
 
     symbol: str
     date: dt.date | None
-    kind: str  # ohlc, duplicate, zero_volume, jump, stale
+    # ohlc, duplicate, zero_volume, price_jump, adj_ratio_jump, missing_session,
+    # non_session_bar, stale (and missing_value for FRED series)
+    kind: str
     detail: str
 
     def __str__(self) -> str:
@@ -73,24 +81,73 @@ def check_prices(
 
 
 def _jumps(frame: pd.DataFrame, actions: pd.DataFrame | None) -> list[Issue]:
-    split_days = set()
+    action_days = set()
     if actions is not None and not actions.empty:
-        splits = actions[actions["action_type"] == "split"]
-        split_days = set(zip(splits["symbol"], splits["action_date"], strict=True))
-    prev = frame.groupby("symbol", sort=False)["close"].shift(1)
-    ratio = frame["close"] / prev
-    limit = math.log(JUMP_FACTOR)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        jumped = np.abs(np.log(ratio.to_numpy(dtype=float))) > limit
+        action_days = set(zip(actions["symbol"], actions["action_date"], strict=True))
+    by_symbol = frame.groupby("symbol", sort=False)
     out = []
+    ratio = frame["close"] / by_symbol["close"].shift(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        jumped = np.abs(np.log(ratio.to_numpy(dtype=float))) > math.log(JUMP_FACTOR)
     for row, r in zip(
         frame.loc[jumped, ["symbol", "trade_date"]].itertuples(index=False),
         ratio[jumped],
         strict=True,
     ):
-        if (row.symbol, row.trade_date) not in split_days:
-            out.append(Issue(row.symbol, row.trade_date, "jump", f"close x{r:.2f}, no split"))
+        if (row.symbol, row.trade_date) not in action_days:
+            why = f"close x{r:.2f}, no corporate action"
+            out.append(Issue(row.symbol, row.trade_date, "price_jump", why))
+    if "adj_close" in frame.columns:
+        adj = pd.to_numeric(frame["adj_close"], errors="coerce") / frame["close"]
+        moved = (adj / adj.groupby(frame["symbol"], sort=False).shift(1) - 1).abs()
+        for row, m in zip(
+            frame.loc[moved > ADJ_RATIO_JUMP, ["symbol", "trade_date"]].itertuples(index=False),
+            moved[moved > ADJ_RATIO_JUMP],
+            strict=True,
+        ):
+            if (row.symbol, row.trade_date) not in action_days:
+                out.append(
+                    Issue(
+                        row.symbol,
+                        row.trade_date,
+                        "adj_ratio_jump",
+                        f"adj_close/close moved {m:.3%} with no dividend or split",
+                    )
+                )
     return out
+
+
+def calendar_issues(
+    prices: pd.DataFrame, sessions: set[dt.date], starts: dict[str, dt.date], through: dt.date
+) -> tuple[pd.DataFrame, list[Issue]]:
+    """Drop bars on days that are not sessions, and flag them and sessions the source lacks.
+
+    sessions: the calendar's sessions over the fetched range; starts: each symbol's first
+    asked date. A session before a symbol's first bar is not a gap (it was not listed yet).
+    """
+    if prices.empty:
+        return prices, []
+    issues = []
+    off = ~prices["trade_date"].isin(sessions)
+    for row in prices.loc[off].itertuples(index=False):
+        issues.append(
+            Issue(
+                row.symbol,
+                row.trade_date,
+                "non_session_bar",
+                f"a bar on a day the calendar has no session (close {row.close}, "
+                f"volume {getattr(row, 'volume', None)}); not stored",
+            )
+        )
+    kept = prices[~off]
+    for symbol, dates in kept.groupby("symbol", sort=False)["trade_date"]:
+        first = max(starts.get(symbol, dates.min()), dates.min())
+        have = set(dates)
+        for day in sorted(d for d in sessions if first <= d <= through and d not in have):
+            issues.append(
+                Issue(symbol, day, "missing_session", "the calendar has a session; no bar")
+            )
+    return kept, issues
 
 
 def stale_symbols(

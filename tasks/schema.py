@@ -143,6 +143,38 @@ rejected_rows = sa.Table(
     sa.Column("payload", sa.JSON),
     sa.Column("flow_run_id", sa.String(36)),
     sa.Column("rejected_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
+    # sha256 of (table, key, reason, payload), unique: a re-run refusing the same row again
+    # records nothing new (tasks.validate.fingerprint).
+    sa.Column("fingerprint", sa.String(64), unique=True),
+)
+
+# What each run found wrong with the data it saw, once per (entity, date, kind).
+quality_flags = sa.Table(
+    "quality_flags",
+    metadata,
+    sa.Column("entity", sa.String(40), primary_key=True),  # symbol or FRED series id
+    sa.Column("flag_date", sa.Date, primary_key=True),
+    # missing_session, non_session_bar, zero_volume, adj_ratio_jump, price_jump, stale,
+    # ohlc, missing_value
+    sa.Column("kind", sa.String(24), primary_key=True),
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("detail", sa.Text),
+    sa.Column("flow_run_id", sa.String(36)),  # the run that first saw it
+    sa.Column("flagged_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
+)
+
+# Each time a symbol's stored history was rewritten because the source re-based it.
+price_rebases = sa.Table(
+    "price_rebases",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("symbol", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("first_date", sa.Date),
+    sa.Column("last_date", sa.Date),
+    sa.Column("rows_changed", sa.Integer, nullable=False),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("rebased_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
 )
 
 # Lineage: which run wrote how much into which table.

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from tasks import schema
-from tasks.validate import Rejected, split_rejects
+from tasks.validate import Rejected, fingerprint, split_rejects
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 COPY_SLICE = 50_000
@@ -107,12 +107,20 @@ def migrate(url: str) -> None:
 def upsert_frame(
     engine: Engine, table_name: str, frame: pd.DataFrame, *, flow_run_id: str | None = None
 ) -> UpsertResult:
-    """Write frame into table_name idempotently, whole or not at all.
+    """Write frame into table_name idempotently, whole or not at all (its own transaction).
 
     Rows that fail the checks in tasks.validate are set aside in rejected_rows with their
     reason, in the same transaction, and returned; the good rows of the batch still land.
     Same frame twice: the second call inserts and updates nothing.
     """
+    with engine.begin() as conn:
+        return write_frame(conn, table_name, frame, flow_run_id=flow_run_id)
+
+
+def write_frame(
+    conn: Connection, table_name: str, frame: pd.DataFrame, *, flow_run_id: str | None = None
+) -> UpsertResult:
+    """upsert_frame inside the caller's transaction, so several tables can land together."""
     spec = schema.UPSERT_SPECS[table_name]
     missing = [k for k in spec.key if k not in frame.columns]
     if missing:
@@ -120,35 +128,69 @@ def upsert_frame(
     columns = [c for c in spec.columns if c in frame.columns]
     good, rejects = split_rejects(frame, table_name, spec.key)
     result = UpsertResult(table_name, rejected=rejects)
-    with engine.begin() as conn:
-        if rejects:
-            conn.execute(
-                schema.rejected_rows.insert(),
-                [
-                    {
-                        "table_name": table_name,
-                        "row_key": r.row_key,
-                        "reason": r.reason,
-                        "payload": r.payload,
-                        "flow_run_id": flow_run_id,
-                    }
-                    for r in rejects
-                ],
-            )
-        if not good.empty:
-            write = _upsert_postgres if conn.dialect.name == "postgresql" else _upsert_sqlite
-            result.inserted, result.updated, result.unchanged = write(conn, spec, columns, good)
-        conn.execute(
-            schema.ingest_batches.insert().values(
-                table_name=table_name,
-                flow_run_id=flow_run_id,
-                inserted=result.inserted,
-                updated=result.updated,
-                unchanged=result.unchanged,
-                rejected=len(rejects),
-            )
+    if rejects:
+        insert_new(
+            conn,
+            schema.rejected_rows,
+            [
+                {
+                    "table_name": table_name,
+                    "row_key": r.row_key,
+                    "reason": r.reason,
+                    "payload": r.payload,
+                    "flow_run_id": flow_run_id,
+                    "fingerprint": fingerprint(table_name, r),
+                }
+                for r in rejects
+            ],
         )
+    if not good.empty:
+        lock_entities(conn, table_name, good[spec.key[0]].astype(str).unique())
+        write = _upsert_postgres if conn.dialect.name == "postgresql" else _upsert_sqlite
+        result.inserted, result.updated, result.unchanged = write(conn, spec, columns, good)
+    conn.execute(
+        schema.ingest_batches.insert().values(
+            table_name=table_name,
+            flow_run_id=flow_run_id,
+            inserted=result.inserted,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            rejected=len(rejects),
+        )
+    )
     return result
+
+
+def lock_entities(conn: Connection, table_name: str, ids) -> None:
+    """Hold a transaction-scoped PostgreSQL advisory lock per (table, entity) written.
+
+    Two runs writing the same symbol or series then take turns: the second reads the
+    watermark only after the first committed, so its rows go through ON CONFLICT instead of
+    colliding in the COPY fast path. Sorted, so two runs never wait on each other in a
+    circle. SQLite needs none: it has one writer at a time.
+    """
+    if conn.dialect.name != "postgresql":
+        return
+    for entity in sorted(ids):
+        conn.execute(
+            sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"),
+            {"k": f"{table_name}:{entity}"},
+        )
+
+
+def insert_new(conn: Connection, table: sa.Table, rows: list[dict], returning=()) -> list:
+    """INSERT ... ON CONFLICT DO NOTHING on either backend; the rows returned are new ones."""
+    if not rows:
+        return []
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(table).on_conflict_do_nothing()
+    if not returning:
+        conn.execute(statement, rows)
+        return []
+    return list(conn.execute(statement.returning(*returning), rows).all())
 
 
 def _python_columns(frame: pd.DataFrame, spec: schema.UpsertSpec, columns: list[str]):

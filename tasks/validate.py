@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -92,3 +94,13 @@ def split_rejects(
         for idx, row in frame[bad].iterrows()
     ]
     return frame[~bad], rejects
+
+
+def fingerprint(table_name: str, rejected: Rejected) -> str:
+    """One refused row's identity: the same row refused again by a re-run has the same one."""
+    text = json.dumps(
+        [table_name, rejected.row_key, rejected.reason, rejected.payload],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(text.encode()).hexdigest()

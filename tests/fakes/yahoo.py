@@ -39,6 +39,14 @@ class FakeYahoo(FakeServer):
     Script faults with fail(match, status, body, times, delay_s), or per symbol with the sets
     delisted, empty and malformed. Events: `splits[symbol] = {date: (num, den)}` and
     `dividends[symbol] = {date: amount}` override the generated ones.
+
+    Like Yahoo, it serves history in the basis of what it knows today: a known split divides
+    every price of the symbol's whole history by its ratio (volume multiplied), and each known
+    dividend scales adjclose of every earlier session. `today` (None: everything is known) is
+    the stand-in's clock: sessions, splits and dividends after it do not exist yet, so a test
+    moves it forward and sees the past re-based. `missing[symbol]` drops sessions the calendar
+    has; `holiday_bars[symbol]` adds a bar (a copy of the previous session's) on days that are
+    not sessions, as Yahoo did on one-off closures.
     """
 
     def __init__(self) -> None:
@@ -58,6 +66,13 @@ class FakeYahoo(FakeServer):
         self.malformed: set[str] = set()
         self.splits: dict[str, dict[dt.date, tuple[int, int]]] = {}
         self.dividends: dict[str, dict[dt.date, float]] = {}
+        self.today: dt.date | None = None
+        self.missing: dict[str, set[dt.date]] = {}
+        self.holiday_bars: dict[str, set[dt.date]] = {}
+
+    def known(self, day) -> bool:
+        """Whether the stand-in's clock has reached day (a date or Timestamp)."""
+        return self.today is None or pd.Timestamp(day).date() <= self.today
 
     def env(self) -> dict[str, str]:
         """The settings that point the flows at this stand-in."""
@@ -158,7 +173,7 @@ class FakeYahoo(FakeServer):
 
     # -- synthetic data
     def series(self, symbol: str) -> dict[str, np.ndarray]:
-        """The symbol's whole history: same symbol, same numbers, every time."""
+        """The symbol's whole history as served now: same symbol and clock, same numbers."""
         market = market_of(symbol)
         sessions, stamps = _sessions(market.calendar)
         seed = zlib.crc32(symbol.encode())
@@ -170,12 +185,26 @@ class FakeYahoo(FakeServer):
         high = np.maximum(opens, close) * (1 + np.abs(rng.normal(0, 0.006, n)))
         low = np.minimum(opens, close) * (1 - np.abs(rng.normal(0, 0.006, n)))
         volume = rng.integers(100_000, 5_000_000, n)
+        # The generated path is as traded before any split: once a split is known, all of
+        # history is shown in post-split units (Yahoo re-bases retroactively).
+        ratio = 1.0
+        for day, (num, den) in self.splits.get(symbol, {}).items():
+            if self.known(day):
+                ratio *= num / den
+        close, opens, high, low = (a / ratio for a in (close, opens, high, low))
+        volume = np.round(volume * ratio).astype("int64")
         divs = self._dividend_days(symbol, sessions, close)
         # Yahoo's close is split-adjusted, not dividend-adjusted; adjclose is both.
         factor = np.ones(n)
         for i, amount in divs.items():
             factor[:i] *= 1 - amount / close[i - 1]
-        return {
+        keep = np.ones(n, dtype=bool)
+        if self.today is not None:
+            keep &= np.asarray(sessions.date <= self.today)
+        for day in self.missing.get(symbol, ()):
+            keep &= np.asarray(sessions != pd.Timestamp(day))
+        paid = {sessions[i]: amount for i, amount in divs.items()}
+        served = {
             "timestamp": stamps,
             "sessions": sessions,
             "open": opens,
@@ -184,16 +213,49 @@ class FakeYahoo(FakeServer):
             "close": close,
             "adjclose": close * factor,
             "volume": volume,
-            "dividends": divs,
         }
+        served = {k: v[keep] for k, v in served.items()}
+        served = self._with_holiday_bars(symbol, market.tz, served)
+        where = {day: i for i, day in enumerate(served["sessions"])}
+        served["dividends"] = {where[d]: a for d, a in paid.items() if d in where}
+        return served
+
+    def _with_holiday_bars(self, symbol: str, tz: str, series: dict) -> dict:
+        """Add a copy of the previous session's bar on each scripted non-session day."""
+        days = sorted(pd.Timestamp(d) for d in self.holiday_bars.get(symbol, ()) if self.known(d))
+        if not days:
+            return series
+        sessions = series["sessions"]
+        at = sessions.searchsorted(days)
+        out = {k: np.insert(v, at, v[at - 1]) for k, v in series.items() if k != "sessions"}
+        opens = [int(pd.Timestamp(f"{d.date()} 09:30", tz=tz).timestamp()) for d in days]
+        out["timestamp"] = np.insert(series["timestamp"], at, opens)
+        out["sessions"] = pd.DatetimeIndex(
+            np.insert(sessions.to_numpy(), at, np.array(days, dtype="datetime64[ns]"))
+        )
+        return out
+
+    def dividend_schedule(self, symbol: str) -> dict[dt.date, float]:
+        """The dividends this symbol pays (generated quarterly unless scripted), all dates."""
+        today, self.today = self.today, None
+        try:
+            series = self.series(symbol)
+        finally:
+            self.today = today
+        days = series["sessions"]
+        return {days[i].date(): a for i, a in series["dividends"].items()}
 
     def _dividend_days(self, symbol, sessions, close) -> dict[int, float]:
         if symbol in self.dividends:
             wanted = {pd.Timestamp(d): a for d, a in self.dividends[symbol].items()}
-            return {int(sessions.get_loc(d)): a for d, a in wanted.items() if d in sessions}
-        # Quarterly: every 63rd session, at about 0.5% of the price.
-        offset = zlib.crc32(symbol.encode()) % 63
-        return {i: round(close[i - 1] * 0.005, 4) for i in range(max(offset, 1), len(close), 63)}
+            days = {int(sessions.get_loc(d)): a for d, a in wanted.items() if d in sessions}
+        else:
+            # Quarterly: every 63rd session, at about 0.5% of the price.
+            offset = zlib.crc32(symbol.encode()) % 63
+            days = {
+                i: round(close[i - 1] * 0.005, 4) for i in range(max(offset, 1), len(close), 63)
+            }
+        return {i: a for i, a in days.items() if self.known(sessions[i])}
 
     def events(self, symbol: str, series: dict, lo: int, hi: int) -> dict:
         stamps, sessions = series["timestamp"], series["sessions"]
@@ -208,7 +270,7 @@ class FakeYahoo(FakeServer):
         splits = {}
         for day, (num, den) in self.splits.get(symbol, {}).items():
             ts = pd.Timestamp(day)
-            if ts in sessions:
+            if ts in sessions and self.known(ts):
                 stamp = int(stamps[sessions.get_loc(ts)])
                 if lo <= stamp < hi:
                     splits[str(stamp)] = {

@@ -56,7 +56,7 @@ def test_migrations_from_empty_and_again_are_safe(pg_admin_url):
             version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         engine.dispose()
         assert {"daily_prices", "macro_observations", "backup_catalog", "predictions"} <= tables
-        assert version == "0002"
+        assert version == "0003"
     finally:
         drop_database(url)
 
@@ -128,6 +128,12 @@ def test_bad_rows_are_set_aside_with_reasons_and_good_rows_land(store):
         kept = conn.execute(sa.select(rejected_rows.c.row_key, rejected_rows.c.reason)).all()
     assert ("TSLA/2024-01-02", "missing (NaN) price") in kept
     assert len(kept) == 6
+
+    # A re-run refuses the same rows again (a lookback does, for days): recorded once.
+    again = upsert_frame(store, "daily_prices", pd.concat([frame, bad], ignore_index=True))
+    assert len(again.rejected) == 6  # still reported to the caller
+    with store.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(rejected_rows)).scalar() == 6
 
 
 def test_failure_in_the_middle_rolls_back_the_whole_batch(store):

@@ -1,0 +1,58 @@
+"""What runs found and did to the data: quality_flags and price_rebases rows."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.engine import Connection
+
+from tasks.quality import Issue
+from tasks.schema import price_rebases, quality_flags
+from tasks.store import insert_new
+
+
+def record_flags(
+    conn: Connection, issues: list[Issue], source: str, flow_run_id: str | None
+) -> list[Issue]:
+    """Insert the issues not flagged before (same entity, day, kind); return those new ones."""
+    rows, seen = [], set()
+    for issue in issues:
+        key = (issue.symbol, issue.date, issue.kind)
+        if issue.date is None or key in seen:
+            continue
+        seen.add(key)
+        rows.append(
+            {
+                "entity": issue.symbol,
+                "flag_date": issue.date,
+                "kind": issue.kind,
+                "source": source,
+                "detail": issue.detail,
+                "flow_run_id": flow_run_id,
+            }
+        )
+    c = quality_flags.c
+    new = {tuple(r) for r in insert_new(conn, quality_flags, rows, (c.entity, c.flag_date, c.kind))}
+    return [i for i in issues if (i.symbol, i.date, i.kind) in new]
+
+
+def record_rebase(
+    conn: Connection,
+    symbol: str,
+    reason: str,
+    first: dt.date | None,
+    last: dt.date | None,
+    rows_changed: int,
+    flow_run_id: str | None,
+) -> None:
+    """One row saying a symbol's history was rewritten, why, and how many rows changed."""
+    conn.execute(
+        price_rebases.insert().values(
+            symbol=symbol,
+            reason=reason,
+            first_date=first,
+            last_date=last,
+            rows_changed=rows_changed,
+            flow_run_id=flow_run_id,
+        )
+    )

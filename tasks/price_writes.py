@@ -1,0 +1,159 @@
+"""Writing a chunk of prices: re-based symbols re-fetched whole, each symbol in one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from tasks.calendars import Fetch, Market, sessions_between
+from tasks.ledger import record_flags, record_rebase
+from tasks.quality import Issue, calendar_issues, check_prices
+from tasks.rebase import find_rebases, first_dates, read_stored, replace_symbols
+from tasks.schema import instruments
+from tasks.store import engine_from_settings, write_frame
+from tasks.yahoo import ChunkResult
+
+
+@dataclass
+class SymbolReport:
+    """One symbol's line in the run's table artifact."""
+
+    symbol: str
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    first_date: str | None = None
+    last_date: str | None = None
+    status: str = "ok"  # ok, flagged, failed
+    error: str = ""
+    rebased: str = ""  # why the whole stored history was re-fetched, when it was
+
+
+@dataclass
+class Rebase:
+    """A symbol whose stored history the source re-based: why, and what the rewrite changed."""
+
+    symbol: str
+    reason: str
+    start: dt.date  # re-fetched from here (its oldest stored session)
+    rows_changed: int = 0
+
+
+def run_id() -> str | None:
+    return str(flow_run.get_id() or "") or None
+
+
+def instrument_symbols(engine, symbols: list[str]) -> set[str]:
+    with engine.connect() as conn:
+        query = sa.select(instruments.c.symbol).where(instruments.c.symbol.in_(symbols))
+        return set(conn.execute(query).scalars())
+
+
+def follow_rebases(
+    engine, result: ChunkResult, chunk: list[Fetch], through: dt.date, fetch
+) -> tuple[ChunkResult, dict[str, Rebase]]:
+    """Compare a fetched chunk with the store; re-fetch whole every symbol the source re-based.
+
+    A lookback of a few sessions cannot rewrite years of history in a new basis: the whole
+    stored range is asked for again, in this run, and replaces the lookback rows.
+    """
+    symbols = [p.symbol for p in chunk]
+    stored_prices, stored_actions = read_stored(engine, symbols, min(p.start for p in chunk))
+    reasons = find_rebases(
+        result.frames.prices, result.frames.actions, stored_prices, stored_actions
+    )
+    if not reasons:
+        return result, {}
+    firsts = first_dates(engine, list(reasons))
+    starts = {p.symbol: min(p.start, firsts.get(p.symbol, p.start)) for p in chunk}
+    again = fetch([Fetch(s, starts[s], through + dt.timedelta(days=1), False) for s in reasons])
+    errors = dict(result.errors)
+    for symbol, error in again.errors.items():
+        # Never write the lookback alone: it would mix two bases in one history.
+        errors[symbol] = f"re-based ({reasons[symbol]}) but the re-fetch failed: {error}"
+    frames = replace_symbols(result.frames, again.frames, set(reasons))
+    found = {s: Rebase(s, why, starts[s]) for s, why in reasons.items() if s not in again.errors}
+    return ChunkResult(frames, errors, result.throttled or again.throttled), found
+
+
+@task(name="write-prices", cache_policy=NO_CACHE, persist_result=False)
+def write_chunk(
+    result: ChunkResult,
+    plans: list[Fetch],
+    market: Market,
+    through: dt.date,
+    rebased: dict[str, Rebase],
+) -> tuple[list[SymbolReport], list[Issue]]:
+    """Check and write a chunk; each symbol's prices, actions, instrument and flags together.
+
+    One transaction per symbol: a crash leaves every symbol either whole or absent, and one
+    bad symbol blocks no other. Returns the symbols' reports and the flags new to the store.
+    """
+    engine = engine_from_settings()
+    frames = result.frames
+    starts = {p.symbol: p.start for p in plans} | {s: r.start for s, r in rebased.items()}
+    sessions = set(sessions_between(market, min(starts.values()) - dt.timedelta(days=1), through))
+    kept, issues = calendar_issues(frames.prices, sessions, starts, through)
+    clean, more = check_prices(kept, frames.actions)
+    flagged: dict[str, list[Issue]] = {}
+    for issue in issues + more:
+        flagged.setdefault(issue.symbol, []).append(issue)
+    actions = dict(tuple(frames.actions.groupby("symbol"))) if not frames.actions.empty else {}
+    rows_of = {i["symbol"]: i for i in frames.instruments}
+    reports, new_flags = {}, []
+    # Group lazily: one symbol's rows at a time, never a second copy of the whole chunk.
+    for symbol, rows in clean.groupby("symbol", sort=False):
+        with engine.begin() as conn:
+            written = write_frame(conn, "daily_prices", rows, flow_run_id=run_id())
+            landed = written.inserted + written.updated + written.unchanged
+            if landed:
+                if symbol in actions:
+                    write_frame(conn, "corporate_actions", actions[symbol], flow_run_id=run_id())
+                if symbol in rows_of:
+                    write_frame(conn, "instruments", pd.DataFrame([rows_of[symbol]]))
+            new_flags += record_flags(conn, flagged.pop(symbol, []), "yahoo", run_id())
+            if symbol in rebased and landed:
+                rebased[symbol].rows_changed = written.updated
+                record_rebase(
+                    conn, symbol, rebased[symbol].reason, rows["trade_date"].min(),
+                    rows["trade_date"].max(), written.updated, run_id(),
+                )  # fmt: skip
+        reports[symbol] = report(symbol, rows, written, issues + more, rebased.get(symbol))
+    del clean
+    if flagged:  # symbols with nothing left to write (every bar off the calendar)
+        with engine.begin() as conn:
+            left = [i for issues in flagged.values() for i in issues]
+            new_flags += record_flags(conn, left, "yahoo", run_id())
+    for plan in plans:
+        if plan.symbol not in reports:
+            why = result.errors.get(plan.symbol, "not fetched: the run stopped first")
+            reports[plan.symbol] = SymbolReport(plan.symbol, status="failed", error=why)
+    return [reports[p.symbol] for p in plans], new_flags
+
+
+def report(symbol, rows, written, issues, rebase: Rebase | None) -> SymbolReport:
+    """One symbol's line: a symbol whose every row was refused has failed, not passed."""
+    notes = [str(i) for i in issues if i.symbol == symbol] + [str(r) for r in written.rejected]
+    refused_all = written.rejected and not (written.inserted + written.updated + written.unchanged)
+    status = "failed" if refused_all else "flagged" if notes else "ok"
+    if refused_all:
+        notes.insert(0, f"every row refused ({len(written.rejected)})")
+    return SymbolReport(
+        symbol,
+        written.inserted,
+        written.updated,
+        written.unchanged,
+        len(written.rejected),
+        str(rows["trade_date"].min()),
+        str(rows["trade_date"].max()),
+        status,
+        "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""),
+        rebase.reason if rebase else "",
+    )
