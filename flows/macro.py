@@ -17,7 +17,6 @@ from tasks.fred import (
     clean_series_ids,
     fetch_info,
     fetch_observations,
-    fetch_start,
     fetch_vintages,
     new_vintages,
     read_vintages,
@@ -27,8 +26,9 @@ from tasks.fred import (
     with_realtime_start,
 )
 from tasks.limits import ensure_rate_limit
+from tasks.macro_store import StoredSeries, needs_fetch, read_stored, write_series
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings, latest_dates, upsert_frame
+from tasks.store import engine_from_settings
 
 HISTORY_YEARS = 20
 
@@ -46,26 +46,33 @@ def _outcome(series_id: str, status: str, error: str = "", **counts) -> dict:
 
 # No cache: the client holds the key, and its inputs must never be hashed or stored.
 @task(task_run_name="ingest-{series_id}", cache_policy=NO_CACHE)
-def ingest_series(client, engine, series_id: str, since: dt.date, vintages: bool) -> dict:
-    """Fetch one series from since onward, then write its metadata, observations, vintages."""
+def ingest_series(
+    client, engine, series_id: str, first: dt.date, vintages: bool, stored: StoredSeries | None
+) -> dict:
+    """Ask FRED for the series' version; if it moved, fetch the whole series and write it.
+
+    FRED revises years back (seasonal factors, benchmark revisions) and bumps last_updated:
+    one cheap metadata request tells whether anything changed, and a changed series is
+    fetched whole, since no window says how far back the revision went.
+    """
     info = fetch_info(client, series_id)
+    if not needs_fetch(stored, info, vintages):
+        return _outcome(series_id, "ok", action="unchanged", last_updated=str(info["last_updated"]))
+    since = min(first, stored.first_obs) if stored and stored.first_obs else first
     observations = fetch_observations(client, series_id, since)
     added = pd.DataFrame()
     if vintages:
-        stored = read_vintages(engine, series_id, since)
-        history = revision_history(fetch_vintages(client, series_id, since), stored)
-        added = new_vintages(history, stored)
+        kept = read_vintages(engine, series_id, since)
+        history = revision_history(fetch_vintages(client, series_id, since), kept)
+        added = new_vintages(history, kept)
         observations = with_realtime_start(observations, history)
     # Everything is fetched before anything is written: a failed series leaves no half.
-    run_id = flow_run.get_id()
-    upsert_frame(engine, "macro_series", pd.DataFrame([info]), flow_run_id=run_id)
-    result = upsert_frame(engine, "macro_observations", observations, flow_run_id=run_id)
-    if not added.empty:
-        upsert_frame(engine, "macro_vintages", added, flow_run_id=run_id)
+    result, flags = write_series(engine, info, observations, added, flow_run.get_id())
     last = observations["obs_date"].max() if not observations.empty else None
     return _outcome(
         series_id, "ok", inserted=result.inserted, updated=result.updated,
         unchanged=result.unchanged, last_observation=str(last or ""), vintages=len(added),
+        action="fetched", last_updated=str(info["last_updated"]), new_flags=len(flags),
     )  # fmt: skip
 
 
@@ -73,14 +80,13 @@ def ingest_series(client, engine, series_id: str, since: dt.date, vintages: bool
 def ingest_macro(
     series: list[str] = list(DEFAULT_SERIES),  # noqa: B006 - never mutated; shown in the UI
     start: dt.date | None = None,
-    revision_window_days: int = 120,
     vintages: bool = False,
     max_failed_ratio: float = 0.2,
     retry_backoff_s: float = 2.0,
 ) -> list[dict]:
     """Bring FRED series up to date: metadata, observations, and optionally revisions."""
-    if revision_window_days < 0 or not 0 <= max_failed_ratio <= 1:
-        raise ValueError("revision_window_days must be >= 0 and max_failed_ratio within 0..1")
+    if not 0 <= max_failed_ratio <= 1:
+        raise ValueError("max_failed_ratio must be within 0..1")
     logger = get_run_logger()
     settings = get_settings()
     api_key = resolve_api_key(settings)  # a missing key stops the run before any request
@@ -92,14 +98,15 @@ def ingest_macro(
     ids, invalid = clean_series_ids(series)
     outcomes = [_outcome(s, "failed", "not a FRED series id") for s in invalid]
     first = start or dt.date.today() - dt.timedelta(days=round(365.25 * HISTORY_YEARS))
-    newest = latest_dates(engine, "macro_observations", ids)
+    stored = read_stored(engine, ids)
     key_error = None
     for series_id in ids:
         if key_error:
             outcomes.append(_outcome(series_id, "skipped", key_error))
             continue
-        since = fetch_start(newest.get(series_id), first, revision_window_days)
-        state = ingest_series(client, engine, series_id, since, vintages, return_state=True)
+        state = ingest_series(
+            client, engine, series_id, first, vintages, stored.get(series_id), return_state=True
+        )
         if state.is_completed():
             outcomes.append(state.result())
             continue
@@ -128,9 +135,11 @@ def ingest_macro(
 
 def _publish(outcomes: list[dict]) -> None:
     """One table per run: what each series wrote, or why it failed."""
-    columns = ["series", "inserted", "updated", "unchanged", "last_observation", "status", "error"]
+    columns = ["series", "action", "inserted", "updated", "unchanged", "last_observation",
+               "last_updated", "new_flags", "status", "error"]  # fmt: skip
     create_table_artifact(
         key="macro-ingest",
         table=[{c: o.get(c, "") for c in columns} for o in outcomes],
-        description="FRED series written by this run (observations inserted/updated/unchanged).",
+        description="FRED series this run checked: 'unchanged' (same last_updated, nothing "
+        "fetched) or 'fetched' whole (observations inserted/updated/unchanged).",
     )

@@ -22,7 +22,8 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 
 from flows.macro import ingest_macro
-from tasks.schema import macro_observations, macro_series, macro_vintages
+from tasks.macro_store import AS_OF_SQL
+from tasks.schema import macro_observations, macro_series, macro_vintages, quality_flags
 from tests.fakes.fred import NO_SERIES, FakeFred
 
 pytestmark = pytest.mark.integration
@@ -122,10 +123,11 @@ def test_first_run_stores_everything_and_a_revision_updates_exactly_that_row(pg_
     assert (table["DGS10"]["inserted"], table["DGS10"]["updated"]) == (0, 0)
     assert cpi(pg_engine, D(2024, 10, 1))["value"] == 999.9
     assert cpi(pg_engine, D(2024, 9, 1))["value"] == 300.0 + 20
-    # Incremental: only the 120-day revision window before the newest stored month was asked.
-    asked = {r.query["series_id"]: r.query.get("observation_start") for r in fake.requests
-             if r.path.endswith("/observations")}  # fmt: skip
-    assert asked == {"CPIAUCSL": "2024-08-03", "DGS10": "2024-08-02"}
+    # CPI's last_updated moved: fetched whole. DGS10's did not: one metadata request, no more.
+    asked = [(r.path, r.query["series_id"]) for r in fake.requests]
+    assert asked.count(("/fred/series", "DGS10")) == 1 and len(asked) == 3
+    assert [s for p, s in asked if p.endswith("/observations")] == ["CPIAUCSL"]
+    assert (table["DGS10"]["action"], table["CPIAUCSL"]["action"]) == ("unchanged", "fetched")
 
 
 def test_a_missing_value_is_null_until_a_revision_fills_it_and_history_is_kept(pg_engine, fake):
@@ -144,6 +146,10 @@ def test_a_missing_value_is_null_until_a_revision_fills_it_and_history_is_kept(p
     assert list(history["realtime_start"]) == [D(2025, 1, 15), D(2025, 2, 12)]
     assert history["value"].iloc[0] is None or pd.isna(history["value"].iloc[0])
     assert artifact_rows(state)["CPIAUCSL"]["updated"] == 1
+    flagged = rows(pg_engine, quality_flags)
+    assert list(zip(flagged["entity"], flagged["flag_date"], flagged["kind"])) == [
+        ("CPIAUCSL", D(2024, 12, 1), "missing_value")  # flagged once over two runs
+    ]
     # A third run with nothing new writes nothing, vintages included.
     before = len(rows(pg_engine, macro_vintages))
     state = run(series=["CPIAUCSL"], vintages=True)
@@ -224,3 +230,80 @@ def test_two_concurrent_runs_stay_under_freds_rate_limit(pg_engine, fake):
     assert fake.count() == 12
     assert fake.max_per_second() <= 2
     assert len(set(rows(pg_engine, macro_observations)["series_id"])) == 6
+
+
+PAYROLLS = {D(2015 + m // 12, m % 12 + 1, 1): 140_000.0 + 100 * m for m in range(120)}
+
+
+def test_a_revision_five_years_back_reaches_the_store(pg_engine, fake):
+    fake.add_series("PAYEMS", PAYROLLS, lag_days=35, units="Thousands of Persons")
+    assert run(series=["PAYEMS"]).is_completed()
+    # A benchmark revision rewrites all of 2019-2020 and FRED bumps last_updated.
+    revised = {d: v - 250.0 for d, v in PAYROLLS.items() if d.year in (2019, 2020)}
+    for obs_date, value in revised.items():
+        fake.revise("PAYEMS", obs_date, value)
+
+    state = run(series=["PAYEMS"])
+
+    assert state.is_completed(), state.message
+    assert artifact_rows(state)["PAYEMS"]["updated"] == 24
+    stored = rows(pg_engine, macro_observations, macro_observations.c.series_id == "PAYEMS")
+    assert dict(zip(stored["obs_date"], stored["value"], strict=True)) == PAYROLLS | revised
+    (meta,) = rows(pg_engine, macro_series).itertuples()
+    assert meta.last_updated == pd.Timestamp(fake.series["PAYEMS"].last_updated)
+
+
+def test_an_unchanged_series_costs_one_request_and_writes_nothing(pg_engine, fake):
+    assert run().is_completed()
+    fake.requests.clear()
+    with pg_engine.connect() as conn:
+        batches = conn.execute(sa.text("SELECT count(*) FROM ingest_batches")).scalar()
+    state = run()
+    assert state.is_completed(), state.message
+    assert [(r.path, r.query["series_id"]) for r in fake.requests] == [
+        ("/fred/series", "CPIAUCSL"), ("/fred/series", "DGS10")
+    ]  # fmt: skip
+    with pg_engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM ingest_batches")).scalar() == batches
+    assert {r["action"] for r in artifact_rows(state).values()} == {"unchanged"}
+
+
+def test_last_updated_moves_only_with_the_data(pg_engine, fake):
+    assert run(series=["CPIAUCSL"]).is_completed()
+    before = rows(pg_engine, macro_series)["last_updated"].iloc[0]
+    fake.revise("CPIAUCSL", D(2023, 3, 1), 123.4)
+    fake.fail_xml("/observations", 400, "Bad Request.  Something broke.", times=1)
+    assert run(series=["CPIAUCSL"]).is_failed()
+    assert rows(pg_engine, macro_series)["last_updated"].iloc[0] == before  # not that version
+    assert cpi(pg_engine, D(2023, 3, 1))["value"] == 302.0
+    assert run(series=["CPIAUCSL"]).is_completed()  # the next run sees the version moved
+    assert cpi(pg_engine, D(2023, 3, 1))["value"] == 123.4
+
+
+def test_vintages_answer_what_fred_said_on_a_day(pg_engine, fake):
+    # March 2024 CPI: first published 2024-04-15, revised 2024-05-15 and again 2025-02-12.
+    fake.series["CPIAUCSL"].history[D(2024, 3, 1)] = [
+        (D(2024, 4, 15), "314.0"), (D(2024, 5, 15), "314.5"), (D(2025, 2, 12), "313.9")
+    ]  # fmt: skip
+    assert run(series=["CPIAUCSL"], vintages=True).is_completed()
+
+    def as_of(on):
+        with pg_engine.connect() as conn:
+            return conn.execute(
+                sa.text(AS_OF_SQL), {"series_id": "CPIAUCSL", "obs_date": D(2024, 3, 1), "on": on}
+            ).scalar()
+
+    assert as_of(D(2024, 4, 14)) is None  # not published yet
+    assert as_of(D(2024, 4, 15)) == 314.0
+    assert as_of(D(2024, 12, 31)) == 314.5
+    assert as_of(D(2025, 2, 12)) == 313.9
+    assert cpi(pg_engine, D(2024, 3, 1))["value"] == 313.9
+
+
+def test_two_runs_over_the_same_series_started_together_both_complete(pg_engine, fake):
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(run), pool.submit(run, series=["DGS10", "CPIAUCSL"])]
+        states = [r.result() for r in runs]
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    assert len(rows(pg_engine, macro_observations)) == 24 + 30  # each observation once
+    assert len(rows(pg_engine, macro_series)) == 2

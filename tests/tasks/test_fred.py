@@ -19,7 +19,6 @@ from tasks.fred import (
     clean_series_ids,
     fetch_info,
     fetch_observations,
-    fetch_start,
     fetch_vintages,
     new_vintages,
     observations_frame,
@@ -28,6 +27,7 @@ from tasks.fred import (
     scrub,
     vintage_windows,
 )
+from tasks.macro_store import StoredSeries, needs_fetch
 from tests.fakes.fred import NO_SERIES, FakeFred
 
 D = dt.date
@@ -49,11 +49,14 @@ def test_series_ids_are_upper_cased_deduplicated_and_bad_ones_named():
     assert bad == ["x&api_key=1", ""]
 
 
-def test_fetch_start_is_the_revision_window_before_the_newest_stored_date():
-    first = D(2004, 1, 1)
-    assert fetch_start(None, first, 120) == first
-    assert fetch_start(D(2024, 5, 1), first, 120) == D(2024, 1, 2)
-    assert fetch_start(D(2004, 2, 1), first, 120) == first  # never before the asked start
+def test_a_series_is_fetched_only_when_freds_version_moved():
+    at = dt.datetime(2024, 1, 11, 13, 46, 2, tzinfo=dt.UTC)
+    info = {"last_updated": at}
+    stored = StoredSeries(at.replace(tzinfo=None), D(2004, 1, 1), has_vintages=False)
+    assert not needs_fetch(stored, info, vintages=False)  # SQLite's naive UTC is the same
+    assert needs_fetch(stored, {"last_updated": at + dt.timedelta(seconds=1)}, vintages=False)
+    assert needs_fetch(None, info, vintages=False)  # never stored
+    assert needs_fetch(stored, info, vintages=True)  # its history was never taken
 
 
 def test_series_info_keeps_the_metadata_and_the_update_instant_in_utc():
