@@ -104,14 +104,15 @@ def train_model(
         engine, storage, market, blob, png, {"train_range": data.train_range, "metrics": metrics}
     )
 
+    why = model.promotion_reason(metrics)
     if metrics["beats_baselines"]:
         model_store.promote(engine, stored["version"], market)
-        decision = "beats both naive baselines on validation"
+        decision = f"beats both naive baselines on validation: {why}"
     else:
         kept = model_store.promoted_version(engine, market)
         decision = (
-            f"does not beat both naive baselines on validation; "
-            f"{kept or 'no version'} stays promoted"
+            f"not promoted, {kept or 'no version'} stays promoted: it does not beat both naive "
+            f"baselines by more than noise: {why}"
         )
     logger.info("version %s: %s", stored["version"], decision)
 

@@ -204,3 +204,19 @@ def test_a_pinned_checkpoint_with_another_feature_spec_is_refused(pg_engine, tra
     with pytest.raises(model.FeatureSpecMismatch, match="us-old.*refusing"):
         predict_returns(market="US", model_version="us-old", device="cpu")
     assert stored_predictions(pg_engine).empty
+
+
+def test_a_model_trained_on_noise_is_not_promoted_and_the_artifact_says_why(pg_engine, model_dir):
+    # No pattern at all: whatever the model learns is noise around the zero forecast.
+    write_prices(pg_engine, synthetic_prices(symbols=6, sessions=260, phi=0.0, seed=4))
+    result = train_model(market="US", **TINY)
+    tests = result["metrics"]["tests"]
+    assert not result["promoted"], result["decision"]
+    assert tests["zero_return"]["p_value"] >= 0.05
+    assert "no version stays promoted" in result["decision"]
+    report = artifact("train-model-us")
+    assert "Diebold-Mariano p = " in report and "promoted: **no**" in report
+    # A lower MSE than both baselines, by luck: what a gate without a margin promoted.
+    metrics = result["metrics"]
+    assert metrics["model"]["mse"] < metrics["zero_return"]["mse"]
+    assert metrics["model"]["mse"] < metrics["yesterday_return"]["mse"]

@@ -59,15 +59,37 @@ def test_batched_inference_matches_one_symbol_at_a_time(data):
 
 
 def test_baselines_decide_whether_the_model_beats_them():
-    realised = np.array([0.01, -0.02, 0.015, -0.005])
-    yesterday = np.array([0.0, 0.01, -0.02, 0.015])
-    good = model.evaluate(realised * 0.5, realised, yesterday)
-    assert good["beats_baselines"]
+    rng = np.random.default_rng(3)
+    realised = rng.normal(0, 0.015, 60)
+    yesterday = np.concatenate([[0.0], realised[:-1]])
+    good = model.evaluate(realised * 0.5 + rng.normal(0, 0.002, 60), realised, yesterday)
+    assert good["beats_baselines"], model.promotion_reason(good)
     assert good["zero_return"]["mse"] == pytest.approx(np.mean(realised**2))
     assert good["yesterday_return"]["mse"] == pytest.approx(np.mean((realised - yesterday) ** 2))
     assert good["zero_return"]["hit_rate"] is None  # zero calls no direction
     bad = model.evaluate(-realised, realised, yesterday)
     assert not bad["beats_baselines"]
+    few = model.evaluate(realised[:10] * 0.5, realised[:10], yesterday[:10])
+    assert not few["beats_baselines"] and "too few dates" in model.promotion_reason(few)
+
+
+def test_a_model_no_better_than_zero_is_not_promoted_even_with_a_lower_mse():
+    # Predictions that are noise around zero: by luck their MSE lands a hair under the zero
+    # forecast's (the 2.300e-04 against 2.302e-04 of a model once promoted), which is no edge.
+    rng = np.random.default_rng(11)
+    realised = rng.normal(0, 0.015, 600)
+    dates = np.repeat(np.arange(60), 10)  # 60 sessions x 10 symbols
+    yesterday = rng.normal(0, 0.015, 600)
+    for _ in range(200):  # the first lucky draw of pure noise
+        noise = rng.normal(0, 0.0003, 600)
+        if np.mean((noise - realised) ** 2) < np.mean(realised**2):
+            break
+    metrics = model.evaluate(noise, realised, yesterday, dates)
+    assert metrics["model"]["mse"] < metrics["zero_return"]["mse"]  # the old gate would promote
+    assert metrics["model"]["mse"] < metrics["yesterday_return"]["mse"]
+    assert not metrics["beats_baselines"]
+    assert metrics["tests"]["zero_return"]["p_value"] > 0.05
+    assert "vs zero return" in model.promotion_reason(metrics)
 
 
 def test_checkpoint_round_trip_predicts_the_same(data):
