@@ -1,5 +1,6 @@
-"""Bench: us-prices backfill of 500 symbols x 10 years from the Yahoo stand-in, then a daily run,
-beside a naive single yf.download of the same universe into to_sql; peak RSS and wall time.
+"""Bench: us-prices backfill of 500 symbols x 10 years from the Yahoo stand-in, then a quiet daily
+run, then a daily run on which 1% of the universe re-bases (a new dividend re-scales its whole
+adj_close history), beside a naive single yf.download into to_sql; peak RSS and wall time.
 
 Run: .venv/bin/python bench/ingest.py  (needs PostgreSQL at 127.0.0.1:5432, takes a few minutes)
 Each measured job runs in its own process, so its peak RSS is the whole process's, as on Fargate.
@@ -7,6 +8,7 @@ Each measured job runs in its own process, so its peak RSS is the whole process'
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import resource
@@ -21,6 +23,8 @@ sys.path.insert(0, str(ROOT))
 SYMBOLS = [f"B{i:03d}" for i in range(500)]
 BACKFILL_AS_OF = "2026-11-20T22:00:00+00:00"  # a Friday after the NYSE close
 DAILY_AS_OF = "2026-11-23T22:00:00+00:00"  # the Monday after: one new session
+REBASE_AS_OF = "2026-11-24T22:00:00+00:00"  # Tuesday: one new session, 1% of symbols re-based
+REBASED = SYMBOLS[::100]  # 5 of 500
 START = "2016-11-21"
 RATE_PER_S = 100.0  # the stand-in is local: measure our code, not the polite production 4/s
 
@@ -31,8 +35,6 @@ def peak_rss_mb() -> float:
 
 def child_flow(as_of: str, start: str | None) -> None:
     """Run us-prices in this process and print its figures."""
-    import datetime as dt
-
     from flows.prices import ingest_us_prices
 
     began = time.perf_counter()
@@ -43,7 +45,26 @@ def child_flow(as_of: str, start: str | None) -> None:
         chunk_size=25,
     )
     elapsed = time.perf_counter() - began
-    print(json.dumps({"s": elapsed, "rss_mb": peak_rss_mb(), "failed": len(result["failed"])}))
+    rebased = result.get("rebased", {})
+    print(
+        json.dumps(
+            {
+                "s": elapsed,
+                "rss_mb": peak_rss_mb(),
+                "failed": len(result["failed"]),
+                "rebased": len(rebased),
+                "rows_changed": result.get("updated", 0),
+            }
+        )
+    )
+
+
+def quiet_days(fake) -> None:
+    """No symbol goes ex-dividend after the backfill, so only the scripted ones re-base."""
+    after = dt.date.fromisoformat(BACKFILL_AS_OF[:10])
+    for symbol in SYMBOLS:
+        paid = fake.dividend_schedule(symbol)
+        fake.dividends[symbol] = {d: a for d, a in paid.items() if d <= after}
 
 
 def child_naive(db_url: str) -> None:
@@ -107,13 +128,25 @@ def main() -> None:
                 PREFECT_LOGGING_LEVEL="WARNING",
                 PYTHONPATH=str(ROOT),
             )
+            quiet_days(fake)
+            fake.today = dt.date.fromisoformat(BACKFILL_AS_OF[:10])
             backfill = run_child(["flow", BACKFILL_AS_OF, START], env)
             before = len(fake.requests)
+            fake.today = dt.date.fromisoformat(DAILY_AS_OF[:10])
             daily = run_child(["flow", DAILY_AS_OF, ""], env)
             daily_requests = len(fake.requests) - before
             daily_chart = len(fake.chart_requests()) - sum(
                 1 for r in fake.requests[:before] if r.path.startswith("/v8/finance/chart/")
             )
+            # Tuesday: five symbols go ex-dividend, so Yahoo re-scales their whole adj_close.
+            rebase_day = dt.date.fromisoformat(REBASE_AS_OF[:10])
+            for symbol in REBASED:
+                fake.dividends[symbol][rebase_day] = 0.5
+            fake.today = rebase_day
+            charts_before = len(fake.chart_requests())
+            rebase = run_child(["flow", REBASE_AS_OF, ""], env)
+            rebase_chart = len(fake.chart_requests()) - charts_before
+            fake.today = None
             naive = run_child(["naive", db_url], env)
     finally:
         drop_store(db_url)
@@ -123,6 +156,11 @@ def main() -> None:
         "backfill_s": round(backfill["s"], 1),
         "daily_s": round(daily["s"], 1),
         "daily_requests": daily_requests,
+        "rebase_day_s": round(rebase["s"], 1),
+        "rebase_day_chart_requests": rebase_chart,
+        "rebase_day_rebased": rebase["rebased"],
+        "rebase_day_rows_changed": rebase["rows_changed"],
+        "rebase_extra_s": round(rebase["s"] - daily["s"], 1),
         "naive_peak_rss_mb": round(naive["rss_mb"], 1),
         "naive_s": round(naive["s"], 1),
         # context for the figures above

@@ -8,7 +8,7 @@ from sqlalchemy.engine import Connection
 
 from tasks.quality import Issue
 from tasks.schema import price_rebases, quality_flags
-from tasks.store import insert_new
+from tasks.sql import insert_new
 
 
 def record_flags(

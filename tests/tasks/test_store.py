@@ -70,6 +70,39 @@ def test_migrating_a_sqlite_store_creates_its_missing_folder(tmp_path):
         assert "daily_prices" in sa.inspect(conn).get_table_names()
 
 
+def test_upgrading_keeps_one_row_per_refused_row(pg_admin_url):
+    from alembic import command
+    from alembic.config import Config
+
+    from tasks.store import PROJECT_ROOT, normalize_url
+    from tests.conftest import create_database, drop_database
+
+    url = create_database(pg_admin_url)
+    try:
+        cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+        cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+        cfg.attributes["url"] = normalize_url(url)
+        command.upgrade(cfg, "0002")
+        engine = sa.create_engine(normalize_url(url))
+        refused = {"table_name": "daily_prices", "row_key": "X/2024-01-02", "reason": "high < low"}
+        with engine.begin() as conn:  # the same refusal, recorded by three runs
+            for run in ("a", "b", "c"):
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO rejected_rows (table_name, row_key, reason, payload, "
+                        "flow_run_id) VALUES (:table_name, :row_key, :reason, '{\"high\": 1}', :r)"
+                    ),
+                    refused | {"r": run},
+                )
+        migrate(url)
+        with engine.connect() as conn:
+            kept = conn.execute(sa.text("SELECT flow_run_id FROM rejected_rows")).scalars().all()
+        engine.dispose()
+        assert kept == ["a"]
+    finally:
+        drop_database(url)
+
+
 def test_same_frame_twice_changes_nothing(store):
     first = upsert_frame(store, "daily_prices", prices())
     second = upsert_frame(store, "daily_prices", prices())
