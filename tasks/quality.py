@@ -139,7 +139,7 @@ def calendar_issues(
                 f"volume {getattr(row, 'volume', None)}); not stored",
             )
         )
-    kept = prices[~off]
+    kept = prices[~off] if off.any() else prices  # no copy of a whole chunk for nothing
     for symbol, dates in kept.groupby("symbol", sort=False)["trade_date"]:
         first = max(starts.get(symbol, dates.min()), dates.min())
         have = set(dates)
