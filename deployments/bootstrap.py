@@ -1,10 +1,12 @@
 """Apply the system to a Prefect server idempotently: store, rate limits, pools, blocks.
 
-    python -m deployments.bootstrap [--local] all | blocks | migrate | limits | pools | pool-names
+    python -m deployments.bootstrap [--local] all | blocks | migrate | limits | pools
+        | automations | pool-names
 
---local makes every pool a process pool, so local workers serve them all (`make up`). The
-automations are deployment triggers in prefect.yaml: `prefect deploy --all` applies them,
-replacing the previous ones of each deployment, so deploying twice leaves one of each.
+--local makes every pool a process pool, so local workers serve them all (`make up`). Alerts
+and resubmits are named automations (deployments/automations.py), applied after the blocks
+since they notify through the investflow-alerts block; only the chaining and the GPU fallback
+stay deployment triggers in prefect.yaml, which `prefect deploy --all` applies.
 """
 
 from __future__ import annotations
@@ -78,6 +80,13 @@ def apply_blocks(local: bool = False) -> None:
         print(f"  {line}")
 
 
+def apply_alerts(local: bool = False) -> None:
+    from deployments.automations import apply_automations
+
+    for line in apply_automations():
+        print(f"  {line}")
+
+
 def pool_names() -> list[str]:
     return list(POOL_NAMES)
 
@@ -88,6 +97,8 @@ STEPS = {
     "migrate": ("Market store", migrate_store),
     "limits": ("Rate limits", apply_limits),
     "pools": ("Work pools", apply_pools),
+    # After the blocks: the alerts go through the investflow-alerts block.
+    "automations": ("Automations", apply_alerts),
 }
 
 

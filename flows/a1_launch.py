@@ -43,7 +43,9 @@ class LaunchRefused(RuntimeError):
     """OCI refused the launch for a reason that retrying will not fix."""
 
 
-@flow(name="launch-a1-instance")
+# The schedule fires every 10 minutes and a run stops itself after max_run_minutes (9):
+# 15 minutes ends one that hangs, before the next-but-one slot.
+@flow(name="launch-a1-instance", timeout_seconds=900)
 def launch_a1_instance(
     compartment_id: str,
     subnet_id: str,

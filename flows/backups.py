@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
@@ -12,32 +13,41 @@ from tasks import backup_catalog as catalog
 from tasks import backup_files as bf
 from tasks import postgres, s3
 from tasks import redis as redis_backup
+from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
 
 verify_checksums = task(name="verify-checksums", cache_policy=NONE)(bf.verify_set)
 
 
-@flow(name="backup-postgres", log_prints=True)
+# Timeouts: the market store dumps in seconds to minutes on the data node; an hour means
+# something is stuck (and the lock timeout has already turned a held lock into a failure).
+@flow(name="backup-postgres", log_prints=True, timeout_seconds=3600)
 def backup_postgres(
-    databases: list[str] | None = None,
-    keep_daily: int = 7,
-    keep_weekly: int = 4,
-    keep_monthly: int = 0,
+    databases: list[DatabaseName] | None = None,
+    keep_daily: NonNegative = 7,
+    keep_weekly: NonNegative = 4,
+    keep_monthly: NonNegative = 0,
     offsite: bool | None = None,
-    max_dump_bytes: int | None = None,
+    max_dump_bytes: AtLeastOne | None = None,
+    lock_timeout_s: AtLeastOne = postgres.LOCK_TIMEOUT_S,
 ) -> list[dict]:
-    """pg_dump -Fc each database (URLs or names; default: the configured ones) and keep them.
+    """pg_dump -Fc each database (names on the configured server; default: the configured ones).
 
     offsite: None copies offsite when the S3Bucket block exists; True requires it; False skips.
     max_dump_bytes: a disk quota for one dump; a dump that grows past it fails cleanly.
+    lock_timeout_s: how long a dump waits for a locked table before it fails.
     """
     settings = get_settings()
     targets = postgres.resolve_targets(databases, settings)
     jobs = {
         t.label: (
             lambda keep, t=t: postgres.backup_database(
-                t, settings.backup_dir, keep, max_bytes=max_dump_bytes
+                t,
+                settings.backup_dir,
+                keep,
+                max_bytes=max_dump_bytes,
+                lock_timeout_s=lock_timeout_s,
             )
         )
         for t in targets
@@ -47,13 +57,13 @@ def backup_postgres(
     )
 
 
-@flow(name="backup-redis", log_prints=True)
+@flow(name="backup-redis", log_prints=True, timeout_seconds=1800)
 def backup_redis(
-    keep_daily: int = 7,
-    keep_weekly: int = 4,
-    keep_monthly: int = 0,
+    keep_daily: NonNegative = 7,
+    keep_weekly: NonNegative = 4,
+    keep_monthly: NonNegative = 0,
     offsite: bool | None = None,
-    method: str = "auto",
+    method: Literal["auto", "rdb-cli"] = "auto",
 ) -> list[dict]:
     """Snapshot the Redis at INVESTFLOW_REDIS_URL and keep it like the database dumps.
 
@@ -74,8 +84,8 @@ def backup_redis(
     )
 
 
-@flow(name="verify-backups", log_prints=True)
-def verify_backups(databases: list[str] | None = None, redis: bool = True) -> list[dict]:
+@flow(name="verify-backups", log_prints=True, timeout_seconds=3600)
+def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = True) -> list[dict]:
     """Prove the backups: every retained file against its checksum, newest dumps restored."""
     logger = get_run_logger()
     settings = get_settings()

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
 
 from tasks.fred import (
     DEFAULT_SERIES,
@@ -18,6 +19,7 @@ from tasks.fred import (
     fetch_info,
     fetch_observations,
     fetch_vintages,
+    is_transient,
     new_vintages,
     read_vintages,
     resolve_api_key,
@@ -27,6 +29,7 @@ from tasks.fred import (
 )
 from tasks.limits import ensure_rate_limit
 from tasks.macro_store import StoredSeries, needs_fetch, read_stored, write_series
+from tasks.params import PastDate, Ratio, Seconds, SeriesId
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
 
@@ -44,8 +47,21 @@ def _outcome(series_id: str, status: str, error: str = "", **counts) -> dict:
     return row
 
 
-# No cache: the client holds the key, and its inputs must never be hashed or stored.
-@task(task_run_name="ingest-{series_id}", cache_policy=NO_CACHE)
+def retry_transient(task, task_run, state) -> bool:
+    """retry_condition_fn: only network errors, timeouts, 429 and 5xx are worth another try."""
+    return is_transient(state.result(raise_on_failure=False))
+
+
+# No cache: the client holds the key, and its inputs must never be hashed or stored. Two
+# retries (DESIGN.md's budget), backing off exponentially with jitter.
+@task(
+    task_run_name="ingest-{series_id}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=10),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
 def ingest_series(
     client, engine, series_id: str, first: dt.date, vintages: bool, stored: StoredSeries | None
 ) -> dict:
@@ -76,23 +92,29 @@ def ingest_series(
     )  # fmt: skip
 
 
-@flow(name="macro", retries=2, retry_delay_seconds=300, timeout_seconds=1800)
+# No flow retries: a missing or refused key, an unknown series or a bad parameter would only
+# repeat; network errors, 429 and 5xx are retried per series by ingest_series.
+@flow(name="macro", timeout_seconds=1800)
 def ingest_macro(
-    series: list[str] = list(DEFAULT_SERIES),  # noqa: B006 - never mutated; shown in the UI
-    start: dt.date | None = None,
+    series: list[SeriesId] = list(DEFAULT_SERIES),  # noqa: B006 - never mutated; shown in the UI
+    start: PastDate | None = None,
     vintages: bool = False,
-    max_failed_ratio: float = 0.2,
-    retry_backoff_s: float = 2.0,
+    max_failed_ratio: Ratio = 0.2,
+    retry_backoff_s: Seconds = 10.0,
 ) -> list[dict]:
-    """Bring FRED series up to date: metadata, observations, and optionally revisions."""
-    if not 0 <= max_failed_ratio <= 1:
-        raise ValueError("max_failed_ratio must be within 0..1")
+    """Bring FRED series up to date: metadata, observations, and optionally revisions.
+
+    retry_backoff_s: the first retry's delay for a transient error; the second waits twice it.
+    """
     logger = get_run_logger()
     settings = get_settings()
     api_key = resolve_api_key(settings)  # a missing key stops the run before any request
     key = api_key.get_secret_value()
     ensure_rate_limit("fred")
-    client = build_client(settings, api_key, backoff_s=retry_backoff_s)
+    client = build_client(settings, api_key)
+    ingest = ingest_series.with_options(
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_s)
+    )
     engine = engine_from_settings(settings)
 
     ids, invalid = clean_series_ids(series)
@@ -104,7 +126,7 @@ def ingest_macro(
         if key_error:
             outcomes.append(_outcome(series_id, "skipped", key_error))
             continue
-        state = ingest_series(
+        state = ingest(
             client, engine, series_id, first, vintages, stored.get(series_id), return_state=True
         )
         if state.is_completed():

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Completed
+from pydantic import Field
 
 from tasks import features, model, model_report, model_store
+from tasks.params import AtLeastOne, Device, MarketCode
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, upsert_frame
 
@@ -44,18 +49,19 @@ def store_version(engine, storage, market: str, blob: bytes, png: bytes, meta: d
     return {"version": version, "sha256": sha, "uri": uri, "plot_uri": plot_uri}
 
 
-@flow(name="train-model", log_prints=True)
+# Weekly on the desktop GPU; two hours is far past a normal run and stops a hung one.
+@flow(name="train-model", log_prints=True, timeout_seconds=7200)
 def train_model(
-    market: str = "US",
-    epochs: int = 8,
-    hidden: int = 32,
-    batch_size: int = 512,
-    lr: float = 2e-3,
+    market: MarketCode = "US",
+    epochs: AtLeastOne = 8,
+    hidden: AtLeastOne = 32,
+    batch_size: AtLeastOne = 512,
+    lr: Annotated[float, Field(gt=0.0, le=1.0)] = 2e-3,
     seed: int = 7,
-    val_sessions: int = 60,
-    history_sessions: int | None = 1500,
-    device: str = "auto",
-    threads: int | None = None,
+    val_sessions: AtLeastOne = 60,
+    history_sessions: AtLeastOne | None = 1500,
+    device: Device = "auto",
+    threads: AtLeastOne | None = None,
 ) -> dict:
     """Train on the market's history, report against the baselines, promote only a winner."""
     logger = get_run_logger()
@@ -162,13 +168,13 @@ def cancel_replaced_run(replaces: str) -> str:
     return "Cancelled"
 
 
-@flow(name="predict-returns", log_prints=True)
+@flow(name="predict-returns", log_prints=True, timeout_seconds=1200)
 def predict_returns(
-    market: str = "US",
+    market: MarketCode = "US",
     model_version: str | None = None,
-    device: str = "auto",
-    batch_size: int = 4096,
-    threads: int | None = None,
+    device: Device = "auto",
+    batch_size: AtLeastOne = 4096,
+    threads: AtLeastOne | None = None,
     replaces: str | None = None,
 ) -> dict:
     """Predict every eligible symbol's next-session return with the promoted (or pinned) model.
@@ -184,7 +190,14 @@ def predict_returns(
     torch_device = model.pick_device(device)
     model.set_threads(threads)
 
-    row = model_store.find_version(engine, market, model_version)
+    try:
+        row = model_store.find_version(engine, market, model_version)
+    except model.NoPromotedModel as exc:
+        if model_version:
+            raise  # a pinned version that does not exist is a mistake worth an alert
+        # A fresh install, or no version has beaten the baselines yet: nothing is wrong.
+        logger.info("no model yet: %s", exc)
+        return Completed(message=f"no model yet: {exc}", data={"market": market, "predicted": 0})
     blob = model_store.read_checkpoint(row["uri"], settings.model_dir)
     loaded = model.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
     del blob

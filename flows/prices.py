@@ -16,8 +16,10 @@ from prefect.artifacts import (
 )
 
 from tasks.calendars import MARKETS, as_utc, last_closed_session, plan_fetches
+from tasks.freshness import emit_freshness, freshness
 from tasks.ledger import record_flags
 from tasks.limits import ensure_rate_limit
+from tasks.params import AtLeastOne, NonNegative, PastDate, Ratio, Seconds, Symbol
 from tasks.price_writes import (
     Rebase,
     SymbolReport,
@@ -33,22 +35,25 @@ from tasks.yahoo import YahooThrottled, fetch_chunk
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
+# No flow retries: a deterministic error (bad parameter, refused symbol) would only repeat, and
+# a transient one is retried by the task where it happens (tasks/yahoo.py). 30 minutes bound
+# a full universe at Yahoo's polite rate (DESIGN.md).
 
 
 class TooManyFailures(RuntimeError):
     """More symbols failed than the run tolerates."""
 
 
-@flow(name="us-prices", retries=2, retry_delay_seconds=300, timeout_seconds=1800)
+@flow(name="us-prices", timeout_seconds=1800)
 def ingest_us_prices(
-    symbols: list[str] | None = None,
-    start: dt.date | None = None,
+    symbols: list[Symbol] | None = None,
+    start: PastDate | None = None,
     end: dt.date | None = None,
-    lookback_sessions: int = 5,
-    chunk_size: int = 25,
-    max_failed_ratio: float = 0.2,
+    lookback_sessions: NonNegative = 5,
+    chunk_size: AtLeastOne = 25,
+    max_failed_ratio: Ratio = 0.2,
     as_of: dt.datetime | None = None,
-    backoff_s: float = 2.0,
+    backoff_s: Seconds = 2.0,
 ) -> dict:
     """Bring US daily bars (flows/universes/us.txt by default) up to the last NYSE session."""
     return ingest_prices(
@@ -56,16 +61,16 @@ def ingest_us_prices(
     )
 
 
-@flow(name="kr-prices", retries=2, retry_delay_seconds=300, timeout_seconds=1800)
+@flow(name="kr-prices", timeout_seconds=1800)
 def ingest_kr_prices(
-    symbols: list[str] | None = None,
-    start: dt.date | None = None,
+    symbols: list[Symbol] | None = None,
+    start: PastDate | None = None,
     end: dt.date | None = None,
-    lookback_sessions: int = 5,
-    chunk_size: int = 25,
-    max_failed_ratio: float = 0.2,
+    lookback_sessions: NonNegative = 5,
+    chunk_size: AtLeastOne = 25,
+    max_failed_ratio: Ratio = 0.2,
     as_of: dt.datetime | None = None,
-    backoff_s: float = 2.0,
+    backoff_s: Seconds = 2.0,
 ) -> dict:
     """Bring KOSPI/KOSDAQ daily bars (flows/universes/kr.txt) up to the last KRX session."""
     return ingest_prices(
@@ -106,6 +111,7 @@ def ingest_prices(
     key = f"{market_code.lower()}-prices"
     if not plans:
         newest = max(stored.values()) if stored else None
+        report_freshness(market, newest, now)
         message = (
             f"No {market.calendar} session since the last stored one ({newest}); "
             f"the market's last session is {through}. Nothing asked of Yahoo."
@@ -156,6 +162,7 @@ def ingest_prices(
             break
 
     latest = latest_dates(engine, "daily_prices", symbols)
+    report_freshness(market, max(latest.values()) if latest else None, now)
     stale = stale_symbols(latest, symbols, through)
     with engine.begin() as conn:
         flags += record_flags(
@@ -201,6 +208,14 @@ def ingest_prices(
         "rebased": {s: r.reason for s, r in rebased.items()},
         "new_flags": len(flags),
     }
+
+
+def report_freshness(market, newest: dt.date | None, now: dt.datetime) -> None:
+    """Say how far behind the market's last closed session the store is (an event)."""
+    facts = freshness(market, newest, last_closed_session(market, now))
+    emit_freshness(f"prices.{market.code}", f"{market.code} prices", facts)
+    if not facts["fresh"]:
+        get_run_logger().warning("%s prices are stale: %s", market.code, facts)
 
 
 def load_universe(market_code: str) -> list[str]:

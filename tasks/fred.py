@@ -5,9 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import http.client
 import logging
-import random
 import re
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping
 from urllib.error import HTTPError
@@ -33,11 +31,15 @@ SERIES_ID_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
 
 
 class FredError(RuntimeError):
-    """FRED refused or could not answer a request; the message is FRED's own, scrubbed."""
+    """FRED refused or could not answer a request; the message is FRED's own, scrubbed.
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    transient: worth asking again (network error, timeout, 429, 5xx); the task retries those.
+    """
+
+    def __init__(self, message: str, status: int | None = None, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient
 
 
 class FredKeyError(FredError):
@@ -80,20 +82,6 @@ def resolve_api_key(settings) -> SecretStr:
     )
 
 
-def backoff_delay(
-    attempt: int,
-    base_s: float,
-    cap_s: float,
-    retry_after: str | None = None,
-    rand: Callable[[], float] = random.random,
-) -> float:
-    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
-    delay = min(cap_s, base_s * 2**attempt) + base_s * rand()
-    if retry_after and retry_after.strip().isdigit():
-        delay = max(delay, min(cap_s, float(retry_after)))
-    return delay
-
-
 def error_message(body: bytes) -> str | None:
     """FRED's message from an error body (<error code=".." message=".."/>), if it has one."""
     try:
@@ -103,7 +91,11 @@ def error_message(body: bytes) -> str | None:
 
 
 class TimedFred(Fred):
-    """fredapi's Fred with a timeout, retries with backoff and a polite wait on every request."""
+    """fredapi's Fred with a timeout, a polite wait before every request and classified errors.
+
+    One attempt per request: retries belong to the task (ingest_series in flows/macro.py),
+    which retries only what FredError marks transient.
+    """
 
     def __init__(
         self,
@@ -111,58 +103,67 @@ class TimedFred(Fred):
         base_url: str,
         timeout_s: float,
         *,
-        retries: int = 4,
-        backoff_s: float = 2.0,
-        max_backoff_s: float = 60.0,
         before_request: Callable[[], None] | None = None,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         super().__init__(api_key=api_key.get_secret_value())
         self.root_url = base_url.rstrip("/") + "/fred"
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
         self.before_request = before_request or (lambda: None)
-        self.sleep = sleep
 
     def __repr__(self) -> str:  # the object holds the key: never show it
         return f"TimedFred(root_url={self.root_url!r})"
 
     # fredapi sends every call through its private __fetch_data (name-mangled), which has no
-    # timeout and no retries; overriding it here covers all of fredapi's public methods.
+    # timeout; overriding it here covers all of fredapi's public methods.
     def _Fred__fetch_data(self, url: str) -> ET.Element:
         where = scrub(url.removeprefix(self.root_url), self.api_key)
-        for attempt in range(self.retries + 1):
-            self.before_request()
-            retry_after = None
-            try:
-                with urlopen(url + "&api_key=" + self.api_key, timeout=self.timeout_s) as resp:
-                    body = resp.read()
-            except HTTPError as exc:
-                message = scrub(
-                    error_message(exc.read()) or f"HTTP {exc.code} {exc.reason}", self.api_key
-                )
-                if exc.code in (401, 403) or (exc.code == 400 and "api_key" in message):
-                    raise FredKeyError(f"FRED refused the API key: {message}", exc.code) from None
-                if exc.code != 429 and exc.code < 500:
-                    raise FredError(message, exc.code) from None
-                why, retry_after = f"HTTP {exc.code} ({message})", exc.headers.get("Retry-After")
-            except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, refusals
-                why = scrub(f"{type(exc).__name__}: {exc}", self.api_key)
-            else:
-                try:
-                    return ET.fromstring(body)
-                except ET.ParseError:
-                    raise FredError(f"FRED answered {where} with unreadable XML") from None
-            if attempt == self.retries:
-                raise FredError(f"FRED {where} failed after {attempt + 1} attempts: {why}")
-            delay = backoff_delay(attempt, self.backoff_s, self.max_backoff_s, retry_after)
-            _logger().warning(
-                "FRED %s: %s; retry %d/%d in %.1f s", where, why, attempt + 1, self.retries, delay
+        self.before_request()
+        try:
+            body = self._get(url)
+        except HTTPError as exc:
+            message = scrub(
+                error_message(exc.read()) or f"HTTP {exc.code} {exc.reason}", self.api_key
             )
-            self.sleep(delay)
-        raise AssertionError("unreachable")
+            if exc.code in (401, 403) or (exc.code == 400 and not self._key_accepted()):
+                raise FredKeyError(f"FRED refused the API key: {message}", exc.code) from None
+            transient = exc.code == 429 or exc.code >= 500
+            raise FredError(
+                f"FRED {where}: HTTP {exc.code} ({message})" if transient else message,
+                exc.code,
+                transient,
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:  # timeouts, resets, refusals
+            why = scrub(f"{type(exc).__name__}: {exc}", self.api_key)
+            raise FredError(f"FRED {where} failed: {why}", None, transient=True) from None
+        try:
+            return ET.fromstring(body)
+        except ET.ParseError:
+            raise FredError(f"FRED answered {where} with unreadable XML") from None
+
+    def _get(self, url: str) -> bytes:
+        with urlopen(url + "&api_key=" + self.api_key, timeout=self.timeout_s) as resp:
+            return resp.read()
+
+    def _key_accepted(self) -> bool:
+        """Ask for the root category, which always exists: a 400 there means the key.
+
+        FRED answers 400 both for an unknown series and for an unregistered key; which one
+        it was is told by the status of a request that only the key can fail, never by
+        reading the message.
+        """
+        self.before_request()
+        try:
+            self._get(f"{self.root_url}/category?category_id=0")
+        except HTTPError as exc:
+            return exc.code != 400
+        except (OSError, http.client.HTTPException):
+            return True  # cannot tell: report FRED's answer about the series as it is
+        return True
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Worth a retry: FRED was unreachable, slow, throttling or failing (5xx)."""
+    return isinstance(exc, FredError) and exc.transient
 
 
 def build_client(settings, api_key: SecretStr, **options) -> TimedFred:

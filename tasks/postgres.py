@@ -7,6 +7,7 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,10 @@ from prefect.cache_policies import NONE
 from pydantic import SecretStr
 
 from tasks import backup_files as bf
+from tasks.redact import redact
+
+# How long a dump or restore waits for a table lock before it fails (and says so).
+LOCK_TIMEOUT_S = 60
 
 # libpq reads these from the environment: the child gets the password there, never in argv.
 _LIBPQ_ENV = {
@@ -60,6 +65,11 @@ class PgTarget:
         p = self.params
         return f"{p.get('host', 'localhost')}:{p.get('port', '5432')}/{self.dbname}"
 
+    @property
+    def secrets(self) -> list[str]:
+        """What must never be shown: the URL and its password."""
+        return [plain_url(self.url), self.params.get("password", "")]
+
     def with_dbname(self, dbname: str) -> PgTarget:
         from psycopg.conninfo import make_conninfo
 
@@ -91,14 +101,15 @@ def is_postgres(url: str) -> bool:
 
 
 def resolve_targets(databases: list[str] | None, settings) -> list[PgTarget]:
-    """Databases given as URLs or bare names; names live on the configured server."""
+    """The configured databases, or the named ones on the configured server."""
     configured = []
     if settings.backup_database_urls is not None:
         raw = settings.backup_database_urls.get_secret_value()
         configured = [PgTarget(SecretStr(u.strip())) for u in raw.split(",") if u.strip()]
+        configured = _checked(configured, "INVESTFLOW_BACKUP_DATABASE_URLS")
     store_url = settings.database_url.get_secret_value()
     if not configured and is_postgres(store_url):
-        configured = [PgTarget(SecretStr(store_url))]
+        configured = _checked([PgTarget(SecretStr(store_url))], "INVESTFLOW_DATABASE_URL")
     if not databases:
         if not configured:
             raise bf.BackupError(
@@ -106,17 +117,27 @@ def resolve_targets(databases: list[str] | None, settings) -> list[PgTarget]:
                 "point INVESTFLOW_DATABASE_URL at PostgreSQL"
             )
         return configured
-    targets = []
-    for item in databases:
-        if "://" in item or "=" in item:
-            targets.append(PgTarget(SecretStr(item)))
-        elif not configured:
+    if not configured:
+        raise bf.BackupError(
+            f"databases {databases} are names on the configured server, but no PostgreSQL "
+            "server is configured (INVESTFLOW_BACKUP_DATABASE_URLS or INVESTFLOW_DATABASE_URL)"
+        )
+    # Names only: a URL given as a parameter would be stored, password and all, with the run.
+    return [configured[0].with_dbname(name) for name in databases]
+
+
+def _checked(targets: list[PgTarget], setting: str) -> list[PgTarget]:
+    """The targets, each parsed once here so a malformed URL is named without being shown."""
+    from psycopg import ProgrammingError
+
+    for number, target in enumerate(targets, 1):
+        try:
+            target.params  # noqa: B018 - parsing is the check
+        except ProgrammingError:
+            # libpq's parse error repeats the whole string, password included.
             raise bf.BackupError(
-                f"database {item!r} is a bare name but no PostgreSQL server is configured "
-                "(INVESTFLOW_BACKUP_DATABASE_URLS or INVESTFLOW_DATABASE_URL)"
-            )
-        else:
-            targets.append(configured[0].with_dbname(item))
+                f"entry {number} of {setting} is not a valid PostgreSQL URL"
+            ) from None
     return targets
 
 
@@ -169,46 +190,89 @@ def _limit_file_size(max_bytes: int | None):
     return apply
 
 
-def _stderr_tail(path: Path, limit: int = 2000) -> str:
-    text = path.read_text(errors="replace") if path.exists() else ""
-    return text[-limit:].strip()
+def _drain(stream, limit: int = 4000) -> tuple[threading.Thread, list[bytes]]:
+    """Read a child's stderr in memory (a thread, so a chatty child never blocks on the pipe).
+
+    In memory, not in a file beside the dump: a full disk must not swallow the very message
+    that says the disk is full.
+    """
+    tail: list[bytes] = []
+
+    def read():
+        for chunk in iter(lambda: stream.read(4096), b""):
+            tail.append(chunk)
+            while sum(map(len, tail)) > limit and len(tail) > 1:
+                tail.pop(0)
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread, tail
 
 
-def pg_dump(target: PgTarget, partial: Path, *, max_bytes: int | None = None) -> DumpResult:
-    """pg_dump -Fc into partial, counting rows in the very snapshot the dump reads."""
+def _message(thread: threading.Thread, tail: list[bytes], secrets: list[str]) -> str:
+    thread.join(timeout=10)
+    return redact(b"".join(tail).decode(errors="replace").strip()[-2000:], secrets)
+
+
+def pg_dump(
+    target: PgTarget,
+    partial: Path,
+    *,
+    max_bytes: int | None = None,
+    lock_timeout_s: int = LOCK_TIMEOUT_S,
+) -> DumpResult:
+    """pg_dump -Fc into partial, counting rows in the very snapshot the dump reads.
+
+    A table locked by someone else fails the dump after lock_timeout_s instead of waiting for
+    as long as the lock is held.
+    """
+    import psycopg
+
     started = bf.utcnow()
-    errlog = partial.with_name(partial.name + ".stderr")
     with connect(target, autocommit=True) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(f"SET LOCAL lock_timeout = '{int(lock_timeout_s)}s'")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
-        argv = ["pg_dump", "-Fc", "--snapshot", snapshot, "-f", str(partial)]
+        argv = [
+            "pg_dump",
+            "-Fc",
+            "--snapshot",
+            snapshot,
+            f"--lock-wait-timeout={int(lock_timeout_s)}s",
+            "-f",
+            str(partial),
+        ]
         try:
-            with open(errlog, "wb") as err:
-                proc = subprocess.Popen(
-                    argv,
-                    env=child_env(target),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    preexec_fn=_limit_file_size(max_bytes),
-                )
-                try:
-                    # Counted while pg_dump runs: same snapshot, and the two overlap in time.
-                    counts = count_rows(conn)
-                finally:
-                    returncode = proc.wait()
+            proc = subprocess.Popen(
+                argv,
+                env=child_env(target),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                preexec_fn=_limit_file_size(max_bytes),
+            )
+            reader, tail = _drain(proc.stderr)
+            try:
+                # Counted while pg_dump runs: same snapshot, and the two overlap in time.
+                counts = count_rows(conn)
+            except psycopg.errors.LockNotAvailable:
+                proc.wait()
+                raise bf.BackupError(
+                    f"pg_dump of {target.label}: a table is locked by another session; gave "
+                    f"up after the {int(lock_timeout_s)} s lock timeout"
+                ) from None
+            finally:
+                returncode = proc.wait()
             conn.execute("COMMIT")
             if returncode != 0:
                 raise bf.BackupError(
                     f"pg_dump of {target.label} failed (exit {returncode}): "
-                    f"{_stderr_tail(errlog) or 'no message'}"
+                    f"{_message(reader, tail, target.secrets) or 'no message'}"
                 )
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
-        finally:
-            errlog.unlink(missing_ok=True)
     return DumpResult(
         row_counts=counts,
         server_version=server_version,
@@ -227,6 +291,7 @@ def backup_database(
     *,
     now: dt.datetime | None = None,
     max_bytes: int | None = None,
+    lock_timeout_s: int = LOCK_TIMEOUT_S,
 ) -> bf.StoredBackup:
     """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
     logger = bf.run_logger()
@@ -238,7 +303,7 @@ def backup_database(
         partial = bf.partial_path(final)
         logger.info("Dumping %s to %s", target.label, final)
         try:
-            dump = pg_dump(target, partial, max_bytes=max_bytes)
+            dump = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
         except OSError as exc:
             raise bf.BackupError(f"pg_dump of {target.label} failed: {exc}") from None
         manifest = {
@@ -275,30 +340,24 @@ def restore_counts(target: PgTarget, dump: Path) -> dict[str, int]:
         conn.execute(f'CREATE DATABASE "{scratch}"')
     try:
         scratch_target = target.with_dbname(scratch)
-        errlog = dump.with_name(f".{scratch}.stderr")
-        try:
-            with open(errlog, "wb") as err:
-                rc = subprocess.run(
-                    [
-                        "pg_restore",
-                        "--exit-on-error",
-                        "--no-owner",
-                        "--no-privileges",
-                        "-d",
-                        scratch,
-                        str(dump),
-                    ],
-                    env=child_env(scratch_target),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                ).returncode
-            if rc != 0:
-                raise bf.BackupError(
-                    f"pg_restore of {dump} failed (exit {rc}): {_stderr_tail(errlog)}"
-                )
-        finally:
-            errlog.unlink(missing_ok=True)
+        env = child_env(scratch_target)
+        # A lock held on the scratch database (it is ours alone) would be a bug: fail fast.
+        env["PGOPTIONS"] = f"-c lock_timeout={int(LOCK_TIMEOUT_S)}s"
+        proc = subprocess.Popen(
+            ["pg_restore", "--exit-on-error", "--no-owner", "--no-privileges", "-d", scratch,
+             str(dump)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        reader, tail = _drain(proc.stderr)
+        rc = proc.wait()
+        if rc != 0:
+            raise bf.BackupError(
+                f"pg_restore of {dump} failed (exit {rc}): "
+                f"{_message(reader, tail, target.secrets) or 'no message'}"
+            )
         with connect(scratch_target) as conn:
             return count_rows(conn)
     finally:

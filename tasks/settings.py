@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     prefect_port: int = 4200
     model_dir: Path = PROJECT_ROOT / "data" / "models"
     http_timeout_s: float = 30.0
+    # Alerts (deployments/automations.py): a run Late this long alerts; a scheduled deployment
+    # may go its longest gap between fire times plus this grace without a Completed run.
+    alert_late_after_s: float = 600.0
+    alert_overdue_grace_s: float = 3600.0
     # Backups: comma-separated PostgreSQL URLs (secret: they may carry passwords); unset means
     # the market store when it is PostgreSQL. Redis may carry a password too.
     backup_database_urls: SecretStr | None = None

@@ -178,7 +178,9 @@ def test_a_bad_key_fails_the_run_clearly_and_appears_nowhere(pg_engine, fake, mo
     state = run()
     assert state.is_failed()
     assert "FRED refused the API key" in state.message
-    assert fake.count() == 1  # the first refusal stops the run: no point asking again
+    # The first refusal (and the key check that tells it from an unknown series) stops the
+    # run: no point asking again, no retry.
+    assert fake.count() == 2
     texts = server_texts(state)
     assert "refused the API key" in texts  # the logs were read, and say what happened
     assert bad_key not in texts

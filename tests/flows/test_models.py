@@ -160,11 +160,20 @@ def test_prediction_writes_one_row_per_eligible_symbol_and_reruns_change_nothing
     )
 
 
-def test_prediction_without_a_promoted_model_says_to_run_train_model(pg_engine, model_dir):
+def test_prediction_without_a_promoted_model_completes_quietly_saying_no_model_yet(
+    pg_engine, model_dir
+):
+    # A fresh install: nothing is wrong, so nothing may fail (and so alert, and fall back).
     write_prices(pg_engine, synthetic_prices(symbols=2, sessions=80))
-    with pytest.raises(model.NoPromotedModel, match="no promoted model for market US.*train-model"):
-        predict_returns(market="US", device="cpu")
+    state = predict_returns(market="US", device="cpu", return_state=True)
+    assert state.is_completed()
+    assert state.message.startswith("no model yet") and "train-model" in state.message
     assert stored_predictions(pg_engine).empty
+
+
+def test_a_pinned_version_that_does_not_exist_fails(pg_engine, model_dir):
+    with pytest.raises(model.NoPromotedModel, match="'us-nope' is not registered"):
+        predict_returns(market="US", model_version="us-nope", device="cpu")
 
 
 def test_a_model_of_another_market_is_refused(pg_engine, trained):

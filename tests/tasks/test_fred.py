@@ -15,11 +15,11 @@ from tasks.fred import (
     FredError,
     FredKeyError,
     TimedFred,
-    backoff_delay,
     clean_series_ids,
     fetch_info,
     fetch_observations,
     fetch_vintages,
+    is_transient,
     new_vintages,
     observations_frame,
     parse_series_info,
@@ -107,14 +107,6 @@ def test_revision_history_keeps_only_the_rows_where_a_value_changed():
     assert new_vintages(revision_history(again, stored), stored).empty
 
 
-def test_backoff_grows_is_capped_has_jitter_and_honours_retry_after():
-    assert backoff_delay(0, 1, 60, rand=lambda: 0) == 1
-    assert backoff_delay(3, 1, 60, rand=lambda: 0) == 8
-    assert backoff_delay(10, 1, 60, rand=lambda: 0) == 60
-    assert 1 <= backoff_delay(0, 1, 60) < 2
-    assert backoff_delay(0, 1, 60, retry_after="7", rand=lambda: 0) == 7
-
-
 # ----------------------------------------------------------------- the client on the stand-in
 
 
@@ -127,12 +119,9 @@ def fake():
         yield server
 
 
-def client(fake, key=KEY, **options):
-    sleeps = []
-    options.setdefault("backoff_s", 0.01)
-    c = TimedFred(SecretStr(key), fake.url, options.pop("timeout_s", 2.0), sleep=sleeps.append,
-                  **options)  # fmt: skip
-    return c, sleeps
+def client(fake, key=KEY, timeout_s=2.0):
+    c = TimedFred(SecretStr(key), fake.url, timeout_s)
+    return c, None
 
 
 @pytest.mark.integration
@@ -148,12 +137,23 @@ def test_metadata_and_observations_come_through_fredapi(fake):
 
 
 @pytest.mark.integration
-def test_unknown_series_fails_with_freds_own_message_and_is_not_retried(fake):
-    c, sleeps = client(fake)
+def test_unknown_series_fails_with_freds_own_message_and_is_not_transient(fake):
+    c, _ = client(fake)
     with pytest.raises(FredError, match="The series does not exist") as err:
         fetch_info(c, "NOSUCHSERIES")
     assert str(err.value) == NO_SERIES and err.value.status == 400
-    assert fake.count("/fred/series") == 1 and sleeps == []
+    assert not is_transient(err.value)
+    assert fake.count("/fred/series") == 1
+
+
+@pytest.mark.integration
+def test_an_unknown_series_whose_message_names_api_key_is_still_a_series_error(fake):
+    # Classified by status (a key check FRED answers 200 or 404 for a good key), not by text.
+    fake.fail_xml("/series", 400, "Bad Request. Unknown series; see the api_key docs", times=1)
+    c, _ = client(fake)
+    with pytest.raises(FredError) as err:
+        fetch_info(c, "CPIAUCSL")
+    assert not isinstance(err.value, FredKeyError) and err.value.status == 400
 
 
 @pytest.mark.integration
@@ -164,36 +164,29 @@ def test_a_bad_key_is_named_as_such_and_never_echoed(fake):
         fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))
     assert "wrongkey" not in str(err.value) and "api_key=***" in str(err.value)
     assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert not is_transient(err.value)
 
 
 @pytest.mark.integration
-def test_429_and_5xx_are_retried_with_growing_backoff(fake):
-    fake.fail_xml("/observations", 429, times=2)
-    fake.fail_xml("/observations", 500, "Internal Server Error", times=1)
-    c, sleeps = client(fake, backoff_s=0.01)
-    obs = fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))
-    assert len(obs) == 3
-    assert fake.count("/observations") == 4 and len(sleeps) == 3
-    assert sleeps[0] < sleeps[2]
-
-
-@pytest.mark.integration
-def test_retries_end_with_a_clear_error(fake):
-    fake.fail_xml("/observations", 503, "Service Unavailable", times=10)
-    c, sleeps = client(fake, retries=2)
-    with pytest.raises(FredError, match=r"failed after 3 attempts: HTTP 503"):
+@pytest.mark.parametrize("status", [429, 500, 503])
+def test_429_and_5xx_are_transient_with_the_status_in_the_message(fake, status):
+    fake.fail_xml("/observations", status, "Try later", times=1)
+    c, _ = client(fake)
+    with pytest.raises(FredError, match=f"HTTP {status}") as err:
         fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))
-    assert fake.count("/observations") == 3 and len(sleeps) == 2
+    assert is_transient(err.value) and err.value.status == status
+    assert len(fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))) == 3  # the next try works
 
 
 @pytest.mark.integration
-def test_a_stalled_response_times_out_and_is_retried(fake):
+def test_a_stalled_response_times_out_as_transient(fake):
     fake.stall("/observations", delay_s=3.0)
-    c, sleeps = client(fake, timeout_s=0.3)
+    c, _ = client(fake, timeout_s=0.3)
     began = time.monotonic()
-    obs = fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))
+    with pytest.raises(FredError, match="TimeoutError") as err:
+        fetch_observations(c, "CPIAUCSL", D(2024, 1, 1))
     assert time.monotonic() - began < 2.0  # gave up on the stall instead of waiting 3 s
-    assert len(obs) == 3 and fake.count("/observations") == 2 and len(sleeps) == 1
+    assert is_transient(err.value)
 
 
 @pytest.mark.integration
