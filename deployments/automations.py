@@ -279,7 +279,17 @@ def desired(block_id, ui_url: str, late_after=LATE_AFTER, cadence_list=None) -> 
 def _comparable(automation) -> str:
     core = AutomationCore.model_validate(automation.model_dump())
     dumped = core.model_dump(mode="json", exclude={"trigger": {"id"}})
-    return json.dumps(dumped, sort_keys=True, default=str)
+    return json.dumps(_sorted(dumped), sort_keys=True, default=str)
+
+
+def _sorted(value):
+    """Lists of labels sorted: the trigger's sets come back from the server in any order."""
+    if isinstance(value, dict):
+        return {k: _sorted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_sorted(v) for v in value]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return value
 
 
 def apply(automations: list, client, prune: bool = True) -> list[str]:

@@ -1,11 +1,9 @@
-"""Yahoo Finance via yfinance 1.7 and its curl_cffi transport: per-symbol errors, backoff."""
+"""Yahoo Finance via yfinance 1.7 and its curl_cffi transport: per-symbol errors, retries."""
 
 from __future__ import annotations
 
-import random
+import contextvars
 import socket
-import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -18,6 +16,7 @@ from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 
 from tasks.calendars import Fetch, Market
@@ -104,7 +103,7 @@ def reset_yfinance(session: YahooSession) -> None:
 
     # Raise per-symbol errors instead of logging them: 1.7 has no yf.shared._ERRORS to read.
     yf.config.debug.hide_exceptions = False
-    yf.config.network.retries = 0  # retries are ours, with backoff and a polite rate
+    yf.config.network.retries = 0  # retries are fetch-symbol's task retries, at a polite rate
     YfData(session=session)
     # cache_get keeps up to 64 past-range responses per process: a memory cost, and a re-run
     # would never reach Yahoo (or a new stand-in) again.
@@ -169,50 +168,51 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def is_throttle(exc: BaseException) -> bool:
+def is_throttle(exc: BaseException | None) -> bool:
     return isinstance(exc, YFRateLimitError)
 
 
-def is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException | None) -> bool:
     """5xx, timeouts and connection errors (refused, reset, closed) of curl_cffi, the
     transport yfinance uses: worth another try."""
     return isinstance(exc, (YahooServerError, CurlTimeout, CurlConnectionError))
 
 
-def backoff_delay(attempt: int, base_s: float, max_s: float, jitter: float) -> float:
-    """Exponential backoff with jitter: base * 2^attempt, capped, plus up to `jitter` of it."""
-    delay = min(max_s, base_s * 2**attempt)
-    return delay + delay * jitter * random.random()
+def retry_transient(task, task_run, state) -> bool:
+    """retry_condition_fn: throttling (429), 5xx, timeouts and connection errors only.
 
-
-def fetch_with_backoff(
-    fetch: Callable[[], History],
-    *,
-    attempts: int = 5,
-    base_s: float = 2.0,
-    max_s: float = 60.0,
-    before_request: Callable[[], None] = lambda: None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> History:
-    """Call fetch, retrying throttling and transient errors; other errors go straight up.
-
-    Throttling that outlasts the attempts raises YahooThrottled, which should stop the run.
+    A delisted symbol or a malformed payload would answer the same the second time.
     """
-    for attempt in range(attempts):
-        before_request()
-        try:
-            return fetch()
-        except Exception as exc:
-            last = attempt == attempts - 1
-            if is_throttle(exc):
-                if last:
-                    raise YahooThrottled(
-                        f"Yahoo still throttling (HTTP 429) after {attempts} attempts"
-                    ) from exc
-            elif not is_transient(exc) or last:
-                raise
-            sleep(backoff_delay(attempt, base_s, max_s, jitter=0.5))
-    raise AssertionError("unreachable")
+    exc = state.result(raise_on_failure=False)
+    return is_throttle(exc) or is_transient(exc)
+
+
+# DESIGN.md's 2 retries, backing off exponentially (2 s, 4 s by default) with jitter; the
+# delays follow the run's backoff_s (see fetch_chunk).
+@task(
+    name="fetch-symbol",
+    task_run_name="fetch-{symbol}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=exponential_backoff(backoff_factor=2.0),
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def fetch_symbol(
+    symbol: str,
+    start,
+    end,
+    tz: str,
+    base_url: str,
+    timeout_s: float,
+    rate_limit: str | None,
+    ca_bundle: str | None = None,
+) -> History:
+    """One symbol's chart request, after a polite rate-limit slot; retried when transient."""
+    if rate_limit:
+        polite(rate_limit)
+    return fetch_history(symbol, start, end, tz, yahoo_session(base_url, ca_bundle), timeout_s)
 
 
 # ---------------------------------------------------------------------------- parse
@@ -317,14 +317,18 @@ def fetch_chunk(
     """Fetch a chunk of symbols one request at a time, each after a polite rate-limit slot."""
     session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
-    before = (lambda: polite(rate_limit)) if rate_limit else (lambda: None)
+    fetch = fetch_symbol.with_options(
+        retry_delay_seconds=exponential_backoff(backoff_factor=backoff_s)
+    )
 
     def one(plan: Fetch) -> Frames | str:
-        history = fetch_with_backoff(
-            lambda: fetch_history(plan.symbol, plan.start, plan.end, market.tz, session, timeout_s),
-            base_s=backoff_s,
-            before_request=before,
-        )
+        try:
+            history = fetch(
+                plan.symbol, plan.start, plan.end, market.tz, base_url, timeout_s, rate_limit,
+                ca_bundle,
+            )  # fmt: skip
+        except YFRateLimitError as exc:
+            raise YahooThrottled("Yahoo still throttling (HTTP 429) after 2 retries") from exc
         frames = to_frames(history, market.code, market.currency)
         return frames if not frames.prices.empty else "no data: empty result"
 
@@ -334,7 +338,9 @@ def fetch_chunk(
     # A few requests in flight hide the rate-limit round trip; the server-side limit still
     # decides the pace. Results are taken in order, so a throttled symbol stops the rest.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yahoo") as pool:
-        futures = [(plan, pool.submit(one, plan)) for plan in plans]
+        # Each thread runs in a copy of this task's context, so its fetch-symbol runs are
+        # children of this one (as Prefect's own thread pool task runner does it).
+        futures = [(plan, pool.submit(contextvars.copy_context().run, one, plan)) for plan in plans]
         for plan, future in futures:
             if throttled:
                 future.cancel()

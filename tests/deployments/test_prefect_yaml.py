@@ -50,6 +50,7 @@ EXPECTED = {
     "train-model": ("flows/models.py:train_model", "train-model", "gpu-desktop", "0 3 * * 6"),
     "predict-returns": ("flows/models.py:predict_returns", "predict-returns", "gpu-desktop", None),
     "predict-returns-cpu": ("flows/models.py:predict_returns", "predict-returns", "fargate", None),
+    "health-page": ("flows/health.py:health_page", "health-page", "oracle-mumbai", "5 * * * *"),
 }
 
 

@@ -105,7 +105,7 @@ def test_the_password_reaches_pg_dump_through_its_environment_only():
     assert target.label == "db.example:5433/prefect"  # what logs and the catalog show
 
 
-def test_databases_are_urls_or_names_on_the_configured_server(monkeypatch):
+def test_databases_are_names_on_the_configured_server(monkeypatch):
     from tasks.settings import get_settings
 
     monkeypatch.setenv("INVESTFLOW_DATABASE_URL", "sqlite:///x.db")
@@ -118,10 +118,28 @@ def test_databases_are_urls_or_names_on_the_configured_server(monkeypatch):
         "10.0.0.5:5432/market",
         "10.0.0.5:5432/prefect",
     ]
-    named = postgres.resolve_targets(["prefect", "postgresql://o@h:1/other"], settings)
-    assert [t.label for t in named] == ["10.0.0.5:5432/prefect", "h:1/other"]
+    named = postgres.resolve_targets(["prefect"], settings)
+    assert [t.label for t in named] == ["10.0.0.5:5432/prefect"]
     assert named[0].params["password"] == "pw"
 
     monkeypatch.delenv("INVESTFLOW_BACKUP_DATABASE_URLS")
     with pytest.raises(bf.BackupError, match="INVESTFLOW_BACKUP_DATABASE_URLS"):
         postgres.resolve_targets(None, get_settings())
+
+
+def test_a_url_as_a_database_parameter_is_refused_before_any_work():
+    from flows.backups import backup_postgres
+
+    # A URL would be stored with the run's parameters, password and all.
+    state = backup_postgres(databases=["postgresql://u:hunter2x@db/market"], return_state=True)
+    assert state.is_failed() and "databases" in state.message
+    assert "hunter2x" not in state.message
+
+
+def test_a_malformed_configured_url_is_named_by_position_not_repeated(monkeypatch):
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("INVESTFLOW_BACKUP_DATABASE_URLS", "postgresql://u:hunter2x@[::1/m")
+    with pytest.raises(bf.BackupError, match="entry 1 of INVESTFLOW_BACKUP_DATABASE_URLS") as err:
+        postgres.resolve_targets(None, get_settings())
+    assert "hunter2x" not in str(err.value)

@@ -9,19 +9,19 @@ import pytest
 import yfinance as yf
 from curl_cffi import requests as curl_requests
 from yfinance._http import new_session
+from yfinance.exceptions import YFPricesMissingError, YFRateLimitError
 
 from tasks.quality import check_prices, stale_symbols
 from tasks.yahoo import (
     YAHOO_HOSTS,
     History,
     YahooServerError,
-    YahooThrottled,
-    backoff_delay,
     describe_error,
     download_to_long,
     drop_empty_rows,
     fetch_history,
-    fetch_with_backoff,
+    fetch_symbol,
+    is_throttle,
     is_transient,
     reset_yfinance,
     resolve_entries,
@@ -118,62 +118,66 @@ def test_per_symbol_errors_say_what_went_wrong(fake):
     assert reasons["NONE"].startswith("no data")
 
 
-def test_three_429s_then_success_complete_within_the_backoff_bounds(fake):
-    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=3)
-    slept, slots = [], []
-    history = fetch_with_backoff(
-        lambda: get(fake, "MSFT"),
-        base_s=0.5,
-        sleep=slept.append,
-        before_request=lambda: slots.append(1),
+def fetch(fake, symbol, timeout_s=5.0, delay_s=0.01):
+    """The fetch-symbol task as fetch_chunk runs it: Prefect's retries, short delays."""
+    task = fetch_symbol.with_options(retry_delay_seconds=[delay_s, delay_s * 2])
+    return task(
+        symbol, "2024-06-03", "2024-06-15", NY, fake.url, timeout_s, None, str(fake.ca_file)
     )
+
+
+def test_three_429s_then_success_is_retried_by_the_task(fake):
+    fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=3)
+    history = fetch(fake, "MSFT")
     assert len(history.frame) == 10
     # yfinance asks again once itself after a 429 (with a fresh crumb), then raises
-    # YFRateLimitError: two of our attempts, four chart requests, one backoff.
+    # YFRateLimitError: two tries of the task, four chart requests.
     assert len(fake.chart_requests("MSFT")) == 4
-    assert len(slept) == 1 and 0.5 <= slept[0] <= 0.75 and len(slots) == 2
 
 
-def test_throttling_past_the_attempts_raises(fake):
+def test_throttling_past_the_retries_raises(fake):
     fake.fail("/v8/finance/chart/MSFT", 429, "Too Many Requests", times=100)
-    slept = []
-    with pytest.raises(YahooThrottled, match="429"):
-        fetch_with_backoff(lambda: get(fake, "MSFT"), attempts=3, sleep=slept.append)
-    assert len(slept) == 2 and slept[1] >= 2 * 2.0
+    with pytest.raises(YFRateLimitError):
+        fetch(fake, "MSFT")
+    assert len(fake.chart_requests("MSFT")) == 6  # 3 tries, each with yfinance's own retry
 
 
 def test_a_503_then_200_completes_the_symbol(fake):
     fake.fail("/v8/finance/chart/KO", 503, "<html>Service Unavailable</html>", times=1)
-    slept = []
-    history = fetch_with_backoff(lambda: get(fake, "KO"), base_s=0.01, sleep=slept.append)
+    history = fetch(fake, "KO")
     assert len(history.frame) == 10
-    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
+    assert len(fake.chart_requests("KO")) == 2
 
 
 def test_a_503_that_persists_fails_the_symbol_as_a_server_error(fake):
     fake.fail("/v8/finance/chart/KO", 503, "<html>Service Unavailable</html>", times=100)
-    slept = []
     with pytest.raises(YahooServerError, match="HTTP 503"):
-        fetch_with_backoff(lambda: get(fake, "KO"), attempts=3, base_s=0.01, sleep=slept.append)
-    assert len(fake.chart_requests("KO")) == 3 and len(slept) == 2
+        fetch(fake, "KO")
+    assert len(fake.chart_requests("KO")) == 3  # DESIGN.md's 2 retries
 
 
 def test_a_stalled_response_times_out_and_is_retried(fake):
     fake.fail("/v8/finance/chart/KO", 200, "{}", times=1, delay_s=3.0)
-    slept = []
-    history = fetch_with_backoff(
-        lambda: get(fake, "KO", timeout_s=0.5), base_s=0.01, sleep=slept.append
-    )
+    history = fetch(fake, "KO", timeout_s=0.5)
     assert len(history.frame) == 10
-    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
+    assert len(fake.chart_requests("KO")) == 2
 
 
 def test_a_connection_reset_is_retried(fake):
     fake.fail("/v8/finance/chart/KO", 200, times=1, reset=True)
-    slept = []
-    history = fetch_with_backoff(lambda: get(fake, "KO"), base_s=0.01, sleep=slept.append)
+    history = fetch(fake, "KO")
     assert len(history.frame) == 10
-    assert len(fake.chart_requests("KO")) == 2 and len(slept) == 1
+    assert len(fake.chart_requests("KO")) == 2
+
+
+def test_a_delisted_symbol_is_not_retried(fake):
+    fake.delisted.update({"GONE", "ALSO"})
+    with pytest.raises(YFPricesMissingError):
+        get(fake, "ALSO")  # one try, as yfinance makes it
+    with pytest.raises(YFPricesMissingError) as info:
+        fetch(fake, "GONE")
+    assert not is_transient(info.value) and not is_throttle(info.value)
+    assert len(fake.chart_requests("GONE")) == len(fake.chart_requests("ALSO"))
 
 
 def test_transport_errors_are_curl_cffis_and_count_as_transient(fake):
@@ -208,12 +212,6 @@ def test_mixed_market_download_drops_the_other_markets_holidays(fake):
 
 
 # ---------------------------------------------------------------------------- pure
-
-
-def test_backoff_grows_and_caps_with_bounded_jitter():
-    assert 2.0 <= backoff_delay(0, 2.0, 60.0, 0.5) <= 3.0
-    assert 8.0 <= backoff_delay(2, 2.0, 60.0, 0.5) <= 12.0
-    assert 60.0 <= backoff_delay(10, 2.0, 60.0, 0.5) <= 90.0
 
 
 def test_to_frames_from_a_small_table():

@@ -1,0 +1,38 @@
+"""The health page: one markdown artifact (key investflow-health) an operator reads first."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+
+from tasks import health
+from tasks.settings import get_settings
+from tasks.store import engine_from_settings
+
+ARTIFACT_KEY = "investflow-health"
+
+
+# Hourly on a light pool; reads only (a few queries and API calls), so ten minutes is ample.
+@flow(name="health-page", timeout_seconds=600)
+def health_page() -> str:
+    """Write the health page: freshness, runs, success rate, backups, model, quality flags."""
+    now = dt.datetime.now(dt.UTC)
+    engine = engine_from_settings(get_settings())
+    with get_client(sync_client=True) as client:
+        deployments, success = health.deployment_runs(client, now)
+    facts = {
+        "markets": health.market_freshness(engine, now),
+        "macro": health.macro_freshness(engine),
+        "deployments": deployments,
+        "success": success,
+        "backups": health.backups(engine),
+        "models": health.promoted_models(engine),
+        "flags": health.open_quality_flags(engine),
+    }
+    page = health.render(facts, now)
+    create_markdown_artifact(page, key=ARTIFACT_KEY, description="investflow at a glance")
+    get_run_logger().info("health page written (artifact %s)", ARTIFACT_KEY)
+    return page

@@ -1,0 +1,208 @@
+"""The health page's facts (store, Prefect API) and its markdown: what an operator checks first."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from tasks import schema
+from tasks.calendars import MARKETS, last_closed_session
+from tasks.freshness import freshness
+
+FINAL_BAD = ("FAILED", "CRASHED")
+
+
+def _aware(moment):
+    if moment is None:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
+
+
+def _age(moment, now: dt.datetime) -> str:
+    if moment is None:
+        return "never"
+    hours = (now - _aware(moment)).total_seconds() / 3600
+    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago"
+
+
+# ------------------------------------------------------------------------- the store
+
+
+def market_freshness(engine: sa.Engine, now: dt.datetime) -> list[dict]:
+    """Per market: the newest stored session (any of its symbols) and whether it is fresh."""
+    prices, instruments = schema.daily_prices, schema.instruments
+    query = (
+        sa.select(instruments.c.market, sa.func.max(prices.c.trade_date))
+        .join(instruments, instruments.c.symbol == prices.c.symbol)
+        .group_by(instruments.c.market)
+    )
+    with engine.connect() as conn:
+        newest = dict(conn.execute(query).all())
+    rows = []
+    for code, market in MARKETS.items():
+        facts = freshness(market, _day(newest.get(code)), last_closed_session(market, now))
+        rows.append({"dataset": f"{code} prices", **facts})
+    return rows
+
+
+def macro_freshness(engine: sa.Engine) -> list[dict]:
+    """Per macro group (FRED frequency): the newest stored observation."""
+    series, obs = schema.macro_series, schema.macro_observations
+    query = (
+        sa.select(series.c.frequency, sa.func.max(obs.c.obs_date))
+        .join(series, series.c.series_id == obs.c.series_id)
+        .group_by(series.c.frequency)
+    )
+    with engine.connect() as conn:
+        return [
+            {"dataset": f"macro ({freq or 'unknown'})", "newest_observation": str(_day(day))}
+            for freq, day in conn.execute(query).all()
+        ]
+
+
+def _day(value):
+    if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    return dt.date.fromisoformat(str(value)[:10])
+
+
+def backups(engine: sa.Engine) -> dict:
+    """The newest good backup and the newest verified restore, with when they happened."""
+    catalog = schema.backup_catalog
+    with engine.connect() as conn:
+        newest = conn.execute(
+            sa.select(catalog.c.kind, catalog.c.target, catalog.c.finished_at)
+            .where(catalog.c.status == "ok")
+            .order_by(catalog.c.finished_at.desc())
+            .limit(1)
+        ).first()
+        verified = conn.execute(
+            sa.select(catalog.c.target, sa.func.max(catalog.c.verified_at))
+            .where(catalog.c.kind == "verify", catalog.c.status == "verified")
+            .group_by(catalog.c.target)
+        ).all()
+    return {"newest": newest, "verified": sorted(verified, key=lambda r: _aware(r[1]))[-1:]}
+
+
+def promoted_models(engine: sa.Engine) -> list[dict]:
+    versions = schema.model_versions
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(versions).where(versions.c.promoted)).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def open_quality_flags(engine: sa.Engine, limit: int = 20) -> list[dict] | None:
+    """Rows of the quality_flags table (issue 13's), or None where the store has none yet."""
+    if not sa.inspect(engine).has_table("quality_flags"):
+        return None
+    table = sa.Table("quality_flags", sa.MetaData(), autoload_with=engine)
+    query = sa.select(table).limit(limit)
+    if "resolved_at" in table.c:
+        query = query.where(table.c.resolved_at.is_(None))
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings().all()]
+
+
+# ------------------------------------------------------------------------- Prefect
+
+
+def deployment_runs(client, now: dt.datetime, days: int = 30) -> tuple[list[dict], dict]:
+    """Each deployment's last Completed run and its age; final states over the last days."""
+    from prefect.client.schemas.filters import (
+        DeploymentFilter,
+        DeploymentFilterId,
+        FlowRunFilter,
+        FlowRunFilterStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    rows = []
+    for deployment in sorted(client.read_deployments(), key=lambda d: d.name):
+        (last,) = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.COMPLETED]))
+            ),
+            sort=FlowRunSort.END_TIME_DESC,
+            limit=1,
+        ) or [None]
+        end = last.end_time if last else None
+        rows.append({"deployment": deployment.name, "last_completed": end, "age": _age(end, now)})
+    recent = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            start_time=FlowRunFilterStartTime(after_=now - dt.timedelta(days=days)),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(
+                    any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+                )
+            ),
+        ),
+        limit=10_000,
+    )
+    ok = sum(r.state_type == StateType.COMPLETED for r in recent)
+    return rows, {"runs": len(recent), "completed": ok, "days": days}
+
+
+# ------------------------------------------------------------------------- markdown
+
+
+def render(facts: dict, now: dt.datetime) -> str:
+    """The page: freshness, runs, success rate, backups, model, quality flags (pure)."""
+    lines = [f"# investflow health ({now:%Y-%m-%d %H:%M} UTC)", "", "## Data", ""]
+    lines += ["| dataset | newest stored | last closed session | fresh |", "|---|---|---|---|"]
+    for row in facts["markets"]:
+        mark = "yes" if row["fresh"] else f"**no** ({row['sessions_behind']} sessions behind)"
+        lines.append(
+            f"| {row['dataset']} | {row['newest_session'] or 'none'} | {row['last_session']} "
+            f"| {mark} |"
+        )
+    for row in facts["macro"]:
+        lines.append(f"| {row['dataset']} | {row['newest_observation']} | | |")
+    success = facts["success"]
+    rate = f"{100 * success['completed'] / success['runs']:.1f}%" if success["runs"] else "n/a"
+    lines += ["", "## Runs", "",
+              f"Job success over the last {success['days']} days: **{rate}** "
+              f"({success['completed']} of {success['runs']} finished runs; target > 99%).", "",
+              "| deployment | last completed run | age |", "|---|---|---|"]  # fmt: skip
+    for row in facts["deployments"]:
+        lines.append(f"| {row['deployment']} | {row['last_completed'] or '-'} | {row['age']} |")
+    newest, verified = facts["backups"]["newest"], facts["backups"]["verified"]
+    lines += ["", "## Backups", ""]
+    lines.append(
+        f"- newest backup: {newest[0]} {newest[1]}, {_age(newest[2], now)}"
+        if newest
+        else "- newest backup: none"
+    )
+    lines.append(
+        f"- newest verified restore: {verified[0][0]}, {_age(verified[0][1], now)}"
+        if verified
+        else "- newest verified restore: none (a backup never restored is not trusted)"
+    )
+    lines += ["", "## Model", ""]
+    for model in facts["models"] or [{}]:
+        if not model:
+            lines.append("- no promoted model yet (predict-returns ends 'no model yet')")
+            continue
+        metrics = model.get("metrics") or {}
+        ours = metrics.get("model") or {}
+        shown = ", ".join(f"{k} {ours[k]:.4g}" for k in ("mse", "mae", "hit_rate") if k in ours)
+        baselines = [
+            f"{name} mse {metrics[name]['mse']:.4g}"
+            for name in ("zero_return", "yesterday_return")
+            if name in metrics
+        ]
+        shown += f"; baselines: {', '.join(baselines)}" if baselines else ""
+        lines.append(f"- {model['market']}: {model['version']} ({shown or 'no metrics'})")
+    flags = facts["flags"]
+    lines += ["", "## Open quality flags", ""]
+    if flags is None:
+        lines.append("none recorded")
+    elif not flags:
+        lines.append("none open")
+    else:
+        lines += [f"- {', '.join(f'{k}={v}' for k, v in flag.items())}" for flag in flags]
+    return "\n".join(lines) + "\n"
