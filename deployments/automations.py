@@ -202,8 +202,7 @@ def stale_data_alert() -> AutomationCore:
                 "investflow: {{ event.resource['prefect.resource.name'] }} is stale",
                 "{{ event.resource['prefect.resource.name'] }}: newest stored session "
                 "{{ event.payload.newest_session or 'none' }}, last closed session "
-                "{{ event.payload.last_session }} ({{ event.payload.sessions_behind }} "
-                "sessions behind).",
+                "{{ event.payload.last_session }} ({{ event.payload.behind }} behind).",
             )
         ],
     )

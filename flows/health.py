@@ -25,7 +25,7 @@ def health_page() -> str:
         deployments, success = health.deployment_runs(client, now)
     facts = {
         "markets": health.market_freshness(engine, now),
-        "macro": health.macro_freshness(engine),
+        "macro": health.macro_freshness(engine, now),
         "deployments": deployments,
         "success": success,
         "backups": health.backups(engine),

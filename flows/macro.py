@@ -27,6 +27,7 @@ from tasks.fred import (
     scrub,
     with_realtime_start,
 )
+from tasks.freshness import emit_freshness, macro_facts, macro_newest
 from tasks.limits import ensure_rate_limit
 from tasks.macro_store import StoredSeries, needs_fetch, read_stored, write_series
 from tasks.params import PastDate, Ratio, Seconds, SeriesId
@@ -140,6 +141,7 @@ def ingest_macro(
 
     failed = [o for o in outcomes if o["status"] != "ok"]
     _publish(outcomes)
+    report_freshness(engine)
     logger.info("macro: %d series ok, %d failed", len(outcomes) - len(failed), len(failed))
     if key_error:
         raise FredKeyError(key_error)
@@ -153,6 +155,16 @@ def ingest_macro(
             )
         )
     return outcomes
+
+
+def report_freshness(engine) -> None:
+    """One freshness event per macro group (FRED frequency) with a target."""
+    now = dt.datetime.now(dt.UTC)
+    for frequency, newest in macro_newest(engine).items():
+        facts = macro_facts(frequency, newest, now)
+        if facts is not None:
+            group = frequency.split(",")[0].lower()
+            emit_freshness(f"macro.{group}", f"macro ({group})", facts)
 
 
 def _publish(outcomes: list[dict]) -> None:

@@ -8,9 +8,7 @@ import sqlalchemy as sa
 
 from tasks import schema
 from tasks.calendars import MARKETS, last_closed_session
-from tasks.freshness import freshness
-
-FINAL_BAD = ("FAILED", "CRASHED")
+from tasks.freshness import freshness, macro_facts, macro_newest
 
 
 def _aware(moment):
@@ -46,19 +44,16 @@ def market_freshness(engine: sa.Engine, now: dt.datetime) -> list[dict]:
     return rows
 
 
-def macro_freshness(engine: sa.Engine) -> list[dict]:
-    """Per macro group (FRED frequency): the newest stored observation."""
-    series, obs = schema.macro_series, schema.macro_observations
-    query = (
-        sa.select(series.c.frequency, sa.func.max(obs.c.obs_date))
-        .join(series, series.c.series_id == obs.c.series_id)
-        .group_by(series.c.frequency)
-    )
-    with engine.connect() as conn:
-        return [
-            {"dataset": f"macro ({freq or 'unknown'})", "newest_observation": str(_day(day))}
-            for freq, day in conn.execute(query).all()
-        ]
+def macro_freshness(engine: sa.Engine, now: dt.datetime) -> list[dict]:
+    """Per macro group (FRED frequency): the newest stored observation, fresh or not."""
+    rows = []
+    for frequency, newest in sorted(macro_newest(engine).items()):
+        facts = macro_facts(frequency, newest, now) or {
+            "newest_session": str(newest), "last_session": "-", "fresh": None,
+            "sessions_behind": None, "behind": "-",
+        }  # fmt: skip
+        rows.append({"dataset": f"macro ({frequency.split(',')[0].lower()})", **facts})
+    return rows
 
 
 def _day(value):
@@ -132,19 +127,19 @@ def deployment_runs(client, now: dt.datetime, days: int = 30) -> tuple[list[dict
         ) or [None]
         end = last.end_time if last else None
         rows.append({"deployment": deployment.name, "last_completed": end, "age": _age(end, now)})
-    recent = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            start_time=FlowRunFilterStartTime(after_=now - dt.timedelta(days=days)),
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(
-                    any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
-                )
-            ),
-        ),
-        limit=10_000,
-    )
-    ok = sum(r.state_type == StateType.COMPLETED for r in recent)
-    return rows, {"runs": len(recent), "completed": ok, "days": days}
+    since = FlowRunFilterStartTime(after_=now - dt.timedelta(days=days))
+
+    def count(*types) -> int:
+        return client.count_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                start_time=since,
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))),
+            )
+        )
+
+    ok = count(StateType.COMPLETED)
+    finished = ok + count(StateType.FAILED, StateType.CRASHED)
+    return rows, {"runs": finished, "completed": ok, "days": days}
 
 
 # ------------------------------------------------------------------------- markdown
@@ -154,14 +149,13 @@ def render(facts: dict, now: dt.datetime) -> str:
     """The page: freshness, runs, success rate, backups, model, quality flags (pure)."""
     lines = [f"# investflow health ({now:%Y-%m-%d %H:%M} UTC)", "", "## Data", ""]
     lines += ["| dataset | newest stored | last closed session | fresh |", "|---|---|---|---|"]
-    for row in facts["markets"]:
-        mark = "yes" if row["fresh"] else f"**no** ({row['sessions_behind']} sessions behind)"
+    for row in facts["markets"] + facts["macro"]:
+        mark = "yes" if row["fresh"] else f"**no** ({row['behind']} behind)"
+        mark = "-" if row["fresh"] is None else mark
         lines.append(
             f"| {row['dataset']} | {row['newest_session'] or 'none'} | {row['last_session']} "
             f"| {mark} |"
         )
-    for row in facts["macro"]:
-        lines.append(f"| {row['dataset']} | {row['newest_observation']} | | |")
     success = facts["success"]
     rate = f"{100 * success['completed'] / success['runs']:.1f}%" if success["runs"] else "n/a"
     lines += ["", "## Runs", "",

@@ -144,3 +144,31 @@ def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 90) -> N
             return getattr(exc, "code", None) == 401
 
     wait_until(healthy, timeout, f"the Prefect server at {api_url}")
+
+
+def apply_alerts(env: dict[str, str], webhook_url: str) -> str:
+    """Save the investflow-alerts block for webhook_url, then `bootstrap automations`.
+
+    Only that block: the full blocks step would leave a FRED key and a database URL behind
+    for later test modules on the same server.
+    """
+    from blocks.register import ALERTS, BUILDERS
+    from tasks.settings import Settings
+
+    block, _ = BUILDERS[ALERTS](Settings(alert_webhook_url=webhook_url, _env_file=None))
+    block.save(ALERTS, overwrite=True)
+    return run([str(BIN / "python"), "-m", "deployments.bootstrap", "automations"], env)
+
+
+def remove_alerts() -> None:
+    """Delete the investflow automations and the alerts block again."""
+    from prefect.client.orchestration import get_client
+
+    from blocks.register import ALERTS
+
+    with get_client(sync_client=True) as client:
+        for automation in client.read_automations():
+            if automation.name.startswith("investflow"):
+                client.delete_automation(automation.id)
+        block = client.read_block_document_by_name(ALERTS, "custom-webhook")
+        client.delete_block_document(block.id)

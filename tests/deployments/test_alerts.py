@@ -29,9 +29,6 @@ LATE_AFTER_S = 10  # the shortest window a proactive trigger accepts
 
 @pytest.fixture(scope="module")
 def alerting(tmp_path_factory):
-    from blocks.register import ALERTS, BUILDERS
-    from tasks.settings import Settings
-
     logs = tmp_path_factory.mktemp("alert-logs")
     with FakeWebhook() as webhook:
         url = webhook.url + "/api/webhooks/1/alert-token"
@@ -39,24 +36,15 @@ def alerting(tmp_path_factory):
             INVESTFLOW_ALERT_WEBHOOK_URL=url,
             INVESTFLOW_ALERT_LATE_AFTER_S=str(LATE_AFTER_S),
         )
-        block, _ = BUILDERS[ALERTS](Settings(alert_webhook_url=url, _env_file=None))
-        block.save(ALERTS, overwrite=True)
-        bin_ = str(stack.BIN)
-        stack.run([f"{bin_}/python", "-m", "deployments.bootstrap", "--local", "pools"], env)
-        applied = stack.run([f"{bin_}/python", "-m", "deployments.bootstrap", "automations"], env)
-        stack.run(
-            [f"{bin_}/prefect", "--no-prompt", "deploy", "-n", "macro", "-n", "train-model"], env
-        )
+        python, prefect = str(stack.BIN / "python"), str(stack.BIN / "prefect")
+        stack.run([python, "-m", "deployments.bootstrap", "--local", "pools"], env)
+        applied = stack.apply_alerts(env, url)
+        stack.run([prefect, "--no-prompt", "deploy", "-n", "macro", "-n", "train-model"], env)
         yield {"env": env, "webhook": webhook, "applied": applied, "logs": logs}
+        stack.remove_alerts()
         with get_client(sync_client=True) as client:
-            for automation in client.read_automations():
-                if automation.name.startswith("investflow: "):
-                    client.delete_automation(automation.id)
             for deployment in client.read_deployments():
                 client.delete_deployment(deployment.id)
-            client.delete_block_document(
-                client.read_block_document_by_name(ALERTS, "custom-webhook").id
-            )
 
 
 def deployment_id(name: str):

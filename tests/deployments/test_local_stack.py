@@ -39,6 +39,7 @@ def local_stack(pg_url, tmp_path_factory):
             INVESTFLOW_HTTP_TIMEOUT_S="10",
         )
         output = stack.bootstrap_and_deploy(env)
+        stack.apply_alerts(env, env["INVESTFLOW_ALERT_WEBHOOK_URL"])
         with (
             stack.worker("fargate", env, logs),
             stack.worker("oracle-osaka", env, logs),
@@ -46,6 +47,7 @@ def local_stack(pg_url, tmp_path_factory):
         ):
             yield {"env": env, "yahoo": yahoo, "webhook": webhook, "deploy_output": output}
     # Later modules share this server: take the deployments, and so their triggers, away.
+    stack.remove_alerts()
     with get_client(sync_client=True) as client:
         for deployment in client.read_deployments():
             client.delete_deployment(deployment.id)
@@ -80,7 +82,7 @@ def test_every_deployment_is_on_the_server(local_stack):
         "train-model",
         "predict-returns",
         "predict-returns-cpu",
-        "notify-failure",
+        "health-page",
     } <= names
 
 
@@ -111,6 +113,7 @@ def test_shell_run_of_us_prices_fills_postgres_and_chains_predictions(local_stac
 
 
 def test_failed_run_alerts_once_with_its_link_and_no_secret(local_stack):
+    # Sent by the server's automation: no alert flow, no worker on the path.
     webhook = local_stack["webhook"]
     run_id = stack.deployment_run(
         "backup-postgres/backup-postgres", local_stack["env"], 'databases=["no_such_database"]'
@@ -171,3 +174,20 @@ def test_the_fallback_cancels_a_desktop_run_still_waiting(local_stack, pg_url, m
         original = client.read_flow_run(waiting.id)
     assert original.state.is_cancelled()
     assert "replaced by the CPU fallback" in original.state.message
+
+
+def test_bad_parameters_fail_in_seconds_naming_the_parameter(local_stack):
+    env = local_stack["env"]
+    began = time.time()
+    # Out of range: the server refuses to create the run at all.
+    with pytest.raises(AssertionError, match="chunk_size") as refused:
+        stack.deployment_run("us-prices/us-prices", env, "chunk_size=0")
+    assert "greater than or equal to 1" in str(refused.value)
+    # In the future: the flow refuses it when it starts, before any request, with no retry.
+    asked = len(local_stack["yahoo"].requests)
+    run_id = stack.deployment_run("us-prices/us-prices", env, "start=2999-01-01")
+    flow_run = stack.wait_for_final_state(run_id, timeout=60)
+    assert flow_run.state.is_failed() and flow_run.run_count <= 1
+    assert "start" in flow_run.state.message and "in the future" in flow_run.state.message
+    assert time.time() - began < 60
+    assert len(local_stack["yahoo"].requests) == asked  # Yahoo was never asked

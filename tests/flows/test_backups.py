@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import psycopg
 import pytest
@@ -157,3 +158,21 @@ def test_offsite_required_without_the_block_fails_before_dumping(env):
     with pytest.raises(bf.BackupError, match="investflow-backups"):
         backup_postgres(offsite=True)
     assert not (env / "postgres").exists()
+
+
+def test_a_locked_table_fails_within_the_lock_timeout_and_keeps_the_backups(
+    env, pg_engine, source_db
+):
+    backup_postgres(offsite=False)
+    before = local_files(env)
+    with psycopg.connect(source_db) as holder:
+        # Someone else holds the table (a migration, a VACUUM FULL) for longer than we wait.
+        holder.execute("LOCK TABLE prices IN ACCESS EXCLUSIVE MODE")
+        began = time.monotonic()
+        state = backup_postgres(offsite=False, lock_timeout_s=2, return_state=True)
+        waited = time.monotonic() - began
+        holder.rollback()
+    assert state.is_failed() and "lock" in state.message
+    assert waited < 30  # the lock timeout, not the lock's holder, decided
+    assert local_files(env) == before  # the earlier backup is still there, nothing half-written
+    assert catalog_rows(pg_engine, kind="postgres", status="ok")

@@ -45,11 +45,16 @@ def test_health_page_shows_freshness_backups_model_and_flags(pg_engine):
               "source": "yahoo"}],
         )  # fmt: skip
         conn.execute(
-            schema.backup_catalog.insert(),
-            [{"kind": "postgres", "target": "market", "status": "ok",
-              "finished_at": now - dt.timedelta(hours=3)},
-             {"kind": "verify", "target": "market", "status": "verified",
-              "verified_at": now - dt.timedelta(days=3)}],
+            schema.backup_catalog.insert().values(
+                kind="postgres", target="market", status="ok",
+                finished_at=now - dt.timedelta(hours=3),
+            )
+        )  # fmt: skip
+        conn.execute(
+            schema.backup_catalog.insert().values(
+                kind="verify", target="market", status="verified",
+                verified_at=now - dt.timedelta(days=3),
+            )
         )  # fmt: skip
         conn.execute(
             schema.model_versions.insert().values(
