@@ -42,7 +42,7 @@ POOLS = (
         "oracle-chuncheon",
         "process",
         "under ~400 MB",
-        "Oracle 2 (Chuncheon), 1 GB edge node: the A1 launch retry and failure alerts.",
+        "Oracle 2 (Chuncheon), 1 GB edge node: the A1 launch retry.",
     ),
     Pool(
         "oracle-mumbai",
