@@ -182,7 +182,8 @@ def test_a_crashed_run_is_resubmitted_by_the_server(alerting):
 
 
 def test_a_deployment_without_a_completed_run_in_its_window_alerts_once(alerting):
-    from deployments.automations import Cadence, apply, desired
+    from deployments.alert_rules import Cadence, desired
+    from deployments.automations import apply
 
     wait_until = stack.wait_until
     with get_client(sync_client=True) as client:
