@@ -19,6 +19,9 @@ from prefect.events.actions import ChangeFlowRunState, SendNotification
 from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
 PREFIX = "investflow: "
+# Marks the automations defined here (prefect.yaml's deployment triggers have none), so
+# applying can delete the ones no longer defined and only those.
+TAG = "investflow-automation"
 ROOT = Path(__file__).resolve().parent.parent
 # How often a crashed run (Spot interruption, OOM kill, reboot) is submitted again.
 RESUBMITS = 2
@@ -269,6 +272,7 @@ def desired(block_id, ui_url: str, late_after=LATE_AFTER, cadence_list=None) -> 
     made = [*run_alerts(block_id, ui_url, late_after), *pool_alerts(), stale_data_alert()]
     made += [overdue_alert(c) for c in (cadences() if cadence_list is None else cadence_list)]
     for automation in made:
+        automation.tags = [TAG]
         for action in automation.actions:
             if isinstance(action, SendNotification) and block_id is not None:
                 action.block_document_id = block_id

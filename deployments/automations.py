@@ -3,9 +3,10 @@
     python -m deployments.automations        (also the `automations` step of the bootstrap)
 
 An automation that matches is left alone, one that differs is updated, a missing one is
-created, and an "investflow: " automation no longer defined in deployments/alert_rules.py is
-deleted. The `investflow-alerts` notification block (saved by `python -m blocks.register`)
-must exist first; without it only the automations that send nothing are applied.
+created, and one tagged "investflow-automation" that deployments/alert_rules.py no longer
+defines is deleted. The `investflow-alerts` notification block (saved by `python -m
+blocks.register`) must exist first; without it only the automations that send nothing are
+applied.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore
 
 from blocks.register import ALERTS
-from deployments.alert_rules import PREFIX, cadences, desired
+from deployments.alert_rules import TAG, cadences, desired
 
 
 def _comparable(automation) -> str:
@@ -54,7 +55,8 @@ def apply(automations: list, client, prune: bool = True) -> list[str]:
             lines.append(f"automation {automation.name!r}: unchanged")
     if prune:
         for old in client.read_automations():
-            if old.name.startswith(PREFIX) and old.name not in wanted:
+            # Tagged: the deployment triggers of prefect.yaml share the name prefix, not the tag.
+            if TAG in (old.tags or []) and old.name not in wanted:
                 client.delete_automation(old.id)
                 lines.append(f"automation {old.name!r}: deleted (no longer defined)")
     return lines

@@ -6,7 +6,7 @@ import datetime as dt
 import fnmatch
 import uuid
 
-from deployments.alert_rules import cadences, desired
+from deployments.alert_rules import TAG, cadences, desired
 
 H = dt.timedelta(hours=1)
 
@@ -49,6 +49,8 @@ def test_every_automation_is_named_described_and_notifies_the_given_block():
     assert len({a.name for a in made}) == len(made)
     for automation in made:
         assert automation.name.startswith("investflow: ") and automation.description
+        # Applying deletes only tagged ones: prefect.yaml's deployment triggers are not.
+        assert automation.tags == [TAG]
         for action in automation.actions:
             if action.type == "send-notification":
                 assert action.block_document_id == block

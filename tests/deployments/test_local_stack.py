@@ -182,7 +182,7 @@ def test_bad_parameters_fail_in_seconds_naming_the_parameter(local_stack):
     # Out of range: the server refuses to create the run at all.
     with pytest.raises(AssertionError, match="chunk_size") as refused:
         stack.deployment_run("us-prices/us-prices", env, "chunk_size=0")
-    assert "greater than or equal to 1" in str(refused.value)
+    assert "minimum of 1" in str(refused.value)
     # In the future: the flow refuses it when it starts, before any request, with no retry.
     asked = len(local_stack["yahoo"].requests)
     run_id = stack.deployment_run("us-prices/us-prices", env, "start=2999-01-01")
