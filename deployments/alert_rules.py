@@ -32,6 +32,9 @@ OVERDUE_GRACE = dt.timedelta(hours=1)
 _NOT_RESUBMITTED = ["0", "[3-9]", "[1-9][0-9]*"]
 
 _RUN = "prefect.flow-run.*"
+# `make down` marks the runs it interrupts Crashed with this message (deployments/local_stack.py,
+# mark_interrupted): the operator stopped them, so they are neither resubmitted nor alerted.
+_NOT_STOPPED_BY_HAND = ["!Stopped by `make down`*"]
 # The event's own labels say the state the run entered; flow_run is read when the action
 # runs, and by then a resubmitted run is Scheduled again.
 _STATE = "{{ event.resource['prefect.state-name'] }}"
@@ -79,7 +82,11 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
         description=f"A run that Crashed before it started, or again after {RESUBMITS} "
         "resubmits, posts one message to the investflow-alerts block.",
         trigger=EventTrigger(
-            match={"prefect.resource.id": _RUN, "prefect.run-count": _NOT_RESUBMITTED},
+            match={
+                "prefect.resource.id": _RUN,
+                "prefect.run-count": _NOT_RESUBMITTED,
+                "prefect.state-message": _NOT_STOPPED_BY_HAND,
+            },
             expect={"prefect.flow-run.Crashed"},
             for_each={"prefect.resource.id"},
             posture=Posture.Reactive,
@@ -96,6 +103,7 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             match={
                 "prefect.resource.id": _RUN,
                 "prefect.run-count": [str(n) for n in range(1, RESUBMITS + 1)],
+                "prefect.state-message": _NOT_STOPPED_BY_HAND,
             },
             expect={"prefect.flow-run.Crashed"},
             for_each={"prefect.resource.id"},

@@ -57,3 +57,13 @@ def test_every_automation_is_named_described_and_notifies_the_given_block():
     failed = by_name(made)["alert on a failed or timed-out run"].actions[0]
     assert "https://ui.example/runs/flow-run/{{ flow_run.id }}" in failed.body
     assert "prefect.state-message" in failed.body and "deployment.name" in failed.subject
+
+
+def test_runs_stopped_by_make_down_are_neither_resubmitted_nor_alerted():
+    rules = by_name(desired(uuid.uuid4(), "https://ui.example"))
+    message = "Stopped by `make down` while it ran or waited for a retry."
+    for name in ("resubmit a crashed run", "alert on a crashed run that will not be resubmitted"):
+        (pattern,) = rules[name].trigger.match.root["prefect.state-message"]
+        assert pattern.startswith("!")
+        assert fnmatch.fnmatchcase(message, pattern[1:])  # so the negation excludes it
+        assert not fnmatch.fnmatchcase("container exited with 137", pattern[1:])
