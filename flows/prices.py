@@ -35,15 +35,15 @@ from tasks.yahoo import YahooThrottled, fetch_chunk
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
-# No flow retries: a deterministic error (bad parameter, refused symbol) would only repeat, and
-# a transient one is retried by the task where it happens (tasks/yahoo.py). 30 minutes bound
-# a full universe at Yahoo's polite rate (DESIGN.md).
 
 
 class TooManyFailures(RuntimeError):
     """More symbols failed than the run tolerates."""
 
 
+# No flow retries: a deterministic error (bad parameter, refused symbol) would only repeat, and
+# a transient one is retried by the task where it happens (tasks/yahoo.py). 30 minutes bound
+# a full universe at Yahoo's polite rate (DESIGN.md).
 @flow(name="us-prices", timeout_seconds=1800)
 def ingest_us_prices(
     symbols: list[Symbol] | None = None,

@@ -212,7 +212,8 @@ def test_a_stale_market_alerts_once(alerting, pg_engine, monkeypatch):
 
     fri = dt.datetime(2024, 6, 14, 22, 0, tzinfo=dt.UTC)
     with FakeYahoo() as yahoo:
-        monkeypatch.setenv("INVESTFLOW_YAHOO_BASE_URL", yahoo.url)
+        for name, value in yahoo.env().items():
+            monkeypatch.setenv(name, value)
         # Stored through the 7th; the market's last closed session is the 14th.
         ingest_us_prices(
             symbols=["AAPL"], start=dt.date(2024, 5, 1), end=dt.date(2024, 6, 7),
