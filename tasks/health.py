@@ -95,6 +95,8 @@ def open_quality_flags(engine: sa.Engine, limit: int = 20) -> list[dict] | None:
     query = sa.select(table).limit(limit)
     if "resolved_at" in table.c:
         query = query.where(table.c.resolved_at.is_(None))
+    if "flagged_at" in table.c:  # the newest first
+        query = query.order_by(table.c.flagged_at.desc())
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings().all()]
 
