@@ -16,11 +16,12 @@ from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 
 from tasks.calendars import Fetch, Market
-from tasks.limits import polite
+from tasks.limits import polite, slot_blocks
 
 YAHOO_DEFAULT_URL = "https://query2.finance.yahoo.com"
 SOURCE = "yahoo"
@@ -209,8 +210,9 @@ def fetch_symbol(
     rate_limit: str | None,
     ca_bundle: str | None = None,
 ) -> History:
-    """One symbol's chart request, after a polite rate-limit slot; retried when transient."""
-    if rate_limit:
+    """One symbol's chart request; retried when transient, each retry after a slot of
+    rate_limit (fetch_chunk took the first attempt's slot, in a block with others)."""
+    if rate_limit and current_task_run.run_count > 1:
         polite(rate_limit)
     return fetch_history(symbol, start, end, tz, yahoo_session(base_url, ca_bundle), timeout_s)
 
@@ -314,7 +316,7 @@ def fetch_chunk(
     workers: int = 2,
     ca_bundle: str | None = None,
 ) -> ChunkResult:
-    """Fetch a chunk of symbols one request at a time, each after a polite rate-limit slot."""
+    """Fetch a chunk of symbols, one request each, in blocks of rate-limit slots."""
     session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
     fetch = fetch_symbol.with_options(
@@ -338,9 +340,17 @@ def fetch_chunk(
     # A few requests in flight hide the rate-limit round trip; the server-side limit still
     # decides the pace. Results are taken in order, so a throttled symbol stops the rest.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yahoo") as pool:
-        # Each thread runs in a copy of this task's context, so its fetch-symbol runs are
-        # children of this one (as Prefect's own thread pool task runner does it).
-        futures = [(plan, pool.submit(contextvars.copy_context().run, one, plan)) for plan in plans]
+        futures = []
+        blocks = slot_blocks(rate_limit, len(plans)) if rate_limit else [len(plans)]
+        for block in blocks:
+            if any(f.done() and isinstance(f.exception(), YahooThrottled) for _, f in futures):
+                break  # Yahoo is throttling us: ask for nothing more
+            if rate_limit:
+                polite(rate_limit, occupy=block)
+            for plan in plans[len(futures) : len(futures) + block]:
+                # Each thread runs in a copy of this task's context, so its fetch-symbol runs
+                # are children of this one (as Prefect's own thread pool task runner does it).
+                futures.append((plan, pool.submit(contextvars.copy_context().run, one, plan)))
         for plan, future in futures:
             if throttled:
                 future.cancel()
