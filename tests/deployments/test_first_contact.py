@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import sqlite3
 import subprocess
@@ -91,18 +92,27 @@ def stack_processes(clone: Path) -> list[str]:
 
 @pytest.fixture
 def stalled_source():
-    """A TCP port that accepts connections and never answers: a run using it stays Running."""
+    """Yahoo at an address that takes connections and never answers (not even TLS): a run
+    that fetches from it stays Running until its timeout."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        for _ in range(20):
+            address = "127.{}.{}.{}".format(*random.choices(range(2, 250), k=3))
+            try:
+                sock.bind((address, 443))  # Yahoo is reached on 443 (tasks.yahoo)
+                break
+            except OSError:
+                continue
         sock.listen(64)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"https://{address}"
 
 
 def test_make_up_twice_then_down_on_a_fresh_clone(tmp_path, stalled_source):
     clone = tmp_path / "investflow"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     port = free_port()
-    env = newcomer_env(port, INVESTFLOW_YAHOO_BASE_URL=stalled_source)
+    env = newcomer_env(
+        port, INVESTFLOW_YAHOO_BASE_URL=stalled_source, INVESTFLOW_HTTP_TIMEOUT_S="600"
+    )
     try:
         first = make("up", clone, env)
         assert "investflow is up." in first
@@ -130,7 +140,7 @@ def test_make_up_twice_then_down_on_a_fresh_clone(tmp_path, stalled_source):
         yaml_path = clone / "prefect.yaml"
         text = yaml_path.read_text()
         yaml_path.write_text(text.replace("incremental, after the US close.", "after close."))
-        env["INVESTFLOW_HTTP_TIMEOUT_S"] = "600"
+        env["INVESTFLOW_HTTP_TIMEOUT_S"] = "900"
 
         second = make("up", clone, env)
         assert "us-prices: prefect.yaml changed, keeping what was set on the server" in second
