@@ -15,7 +15,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.calendars import MARKETS, as_utc, last_closed_session, plan_fetches
+from tasks.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.freshness import emit_freshness, freshness
 from tasks.ledger import record_flags
 from tasks.limits import ensure_rate_limit
@@ -128,7 +128,7 @@ def ingest_prices(
         sum(p.backfill for p in plans),
     )
     ensure_rate_limit("yahoo")
-    chunks = [plans[i : i + chunk_size] for i in range(0, len(plans), chunk_size)]
+    chunks = chunk_plans(plans, chunk_size)
     progress = (
         create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")
         if len(chunks) > 1
@@ -155,7 +155,8 @@ def ingest_prices(
         flags += new_flags
         throttled = result.throttled
         del result
-        gc.collect()  # hand the chunk's frames back before the next one is fetched
+        if any(p.backfill for p in chunk):
+            gc.collect()  # hand a backfill's frames back before the next chunk is fetched
         if progress:
             update_progress_artifact(progress, 100.0 * number / len(chunks))
         if throttled:

@@ -117,3 +117,18 @@ def plan_fetches(
             start = lookback_start(market, last, lookback_sessions)
             plans.append(Fetch(symbol, start, through + dt.timedelta(days=1), False))
     return plans
+
+
+# A symbol brought up to date fetches a few sessions, a backfill up to ten years: a chunk holds
+# this many of the former for each of the latter, so a daily run is a few chunks, not dozens.
+INCREMENTAL_PER_BACKFILL = 20
+
+
+def chunk_plans(plans: list[Fetch], size: int) -> list[list[Fetch]]:
+    """Backfills `size` to a chunk, symbols fetched incrementally 20 times as many (pure)."""
+    backfills = [p for p in plans if p.backfill]
+    updates = [p for p in plans if not p.backfill]
+    per = size * INCREMENTAL_PER_BACKFILL
+    return [backfills[i : i + size] for i in range(0, len(backfills), size)] + [
+        updates[i : i + per] for i in range(0, len(updates), per)
+    ]

@@ -91,10 +91,12 @@ def write_chunk(
     through: dt.date,
     rebased: dict[str, Rebase],
 ) -> tuple[list[SymbolReport], list[Issue]]:
-    """Check and write a chunk; each symbol's prices, actions, instrument and flags together.
+    """Check and write a chunk: its symbols' prices, actions, instruments and flags together.
 
-    One transaction per symbol: a crash leaves every symbol either whole or absent, and one
-    bad symbol blocks no other. Returns the symbols' reports and the flags new to the store.
+    One transaction per chunk: a crash leaves every symbol of it either whole or absent, and
+    a daily run costs a few statements per chunk, not per symbol. Bad rows are set aside
+    (rejected_rows), so one bad symbol blocks no other. Returns the symbols' reports and the
+    flags new to the store.
     """
     engine = engine_from_settings()
     frames = result.frames
@@ -102,35 +104,37 @@ def write_chunk(
     sessions = set(sessions_between(market, min(starts.values()) - dt.timedelta(days=1), through))
     kept, issues = calendar_issues(frames.prices, sessions, starts, through)
     clean, more = check_prices(kept, frames.actions)
-    flagged: dict[str, list[Issue]] = {}
-    for issue in issues + more:
-        flagged.setdefault(issue.symbol, []).append(issue)
-    actions = dict(tuple(frames.actions.groupby("symbol"))) if not frames.actions.empty else {}
-    rows_of = {i["symbol"]: i for i in frames.instruments}
+    issues += more
     reports, new_flags = {}, []
-    # Group lazily: one symbol's rows at a time, never a second copy of the whole chunk.
-    for symbol, rows in clean.groupby("symbol", sort=False):
-        with engine.begin() as conn:
-            written = write_frame(conn, "daily_prices", rows, flow_run_id=run_id())
-            landed = written.inserted + written.updated + written.unchanged
-            if landed:
-                if symbol in actions:
-                    write_frame(conn, "corporate_actions", actions[symbol], flow_run_id=run_id())
-                if symbol in rows_of:
-                    write_frame(conn, "instruments", pd.DataFrame([rows_of[symbol]]))
-            new_flags += record_flags(conn, flagged.pop(symbol, []), "yahoo", run_id())
-            if symbol in rebased and landed:
-                rebased[symbol].rows_changed = written.updated
-                record_rebase(
-                    conn, symbol, rebased[symbol].reason, rows["trade_date"].min(),
-                    rows["trade_date"].max(), written.updated, run_id(),
-                )  # fmt: skip
-        reports[symbol] = report(symbol, rows, written, issues + more, rebased.get(symbol))
+    with engine.begin() as conn:
+        written = write_frame(conn, "daily_prices", clean, flow_run_id=run_id())
+        landed = {s for s, counts in written.by_entity.items() if sum(counts)}
+        if not frames.actions.empty:
+            actions = frames.actions[frames.actions["symbol"].isin(landed)]
+            if not actions.empty:
+                write_frame(conn, "corporate_actions", actions, flow_run_id=run_id())
+        rows_of = [i for i in frames.instruments if i["symbol"] in landed]
+        if rows_of:
+            write_frame(conn, "instruments", pd.DataFrame(rows_of))
+        new_flags += record_flags(conn, issues, "yahoo", run_id())
+        spans = clean.groupby("symbol")["trade_date"].agg(["min", "max"]) if len(clean) else None
+        for symbol in sorted(set(rebased) & landed):
+            rebased[symbol].rows_changed = written.by_entity[symbol][1]
+            first, last = spans.loc[symbol, "min"], spans.loc[symbol, "max"]
+            record_rebase(
+                conn, symbol, rebased[symbol].reason, first, last,
+                rebased[symbol].rows_changed, run_id(),
+            )  # fmt: skip
+    refused: dict[str, list] = {}
+    for row in written.rejected:
+        refused.setdefault(str(row.payload.get("symbol")), []).append(row)
+    for symbol in set(written.by_entity) | set(refused):
+        span = spans.loc[symbol] if spans is not None and symbol in spans.index else None
+        reports[symbol] = report(
+            symbol, span, written.by_entity.get(symbol, (0, 0, 0)), refused.get(symbol, []),
+            issues, rebased.get(symbol),
+        )  # fmt: skip
     del clean
-    if flagged:  # symbols with nothing left to write (every bar off the calendar)
-        with engine.begin() as conn:
-            left = [i for issues in flagged.values() for i in issues]
-            new_flags += record_flags(conn, left, "yahoo", run_id())
     for plan in plans:
         if plan.symbol not in reports:
             why = result.errors.get(plan.symbol, "not fetched: the run stopped first")
@@ -138,21 +142,22 @@ def write_chunk(
     return [reports[p.symbol] for p in plans], new_flags
 
 
-def report(symbol, rows, written, issues, rebase: Rebase | None) -> SymbolReport:
+def report(symbol, span, counts, refused, issues, rebase: Rebase | None) -> SymbolReport:
     """One symbol's line: a symbol whose every row was refused has failed, not passed."""
-    notes = [str(i) for i in issues if i.symbol == symbol] + [str(r) for r in written.rejected]
-    refused_all = written.rejected and not (written.inserted + written.updated + written.unchanged)
+    inserted, updated, unchanged = counts
+    notes = [str(i) for i in issues if i.symbol == symbol] + [str(r) for r in refused]
+    refused_all = refused and not (inserted + updated + unchanged)
     status = "failed" if refused_all else "flagged" if notes else "ok"
     if refused_all:
-        notes.insert(0, f"every row refused ({len(written.rejected)})")
+        notes.insert(0, f"every row refused ({len(refused)})")
     return SymbolReport(
         symbol,
-        written.inserted,
-        written.updated,
-        written.unchanged,
-        len(written.rejected),
-        str(rows["trade_date"].min()),
-        str(rows["trade_date"].max()),
+        inserted,
+        updated,
+        unchanged,
+        len(refused),
+        str(span["min"]) if span is not None else None,
+        str(span["max"]) if span is not None else None,
         status,
         "; ".join(notes[:3]) + (f" (+{len(notes) - 3} more)" if len(notes) > 3 else ""),
         rebase.reason if rebase else "",

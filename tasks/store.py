@@ -43,6 +43,8 @@ class UpsertResult:
     updated: int = 0
     unchanged: int = 0
     rejected: list[Rejected] = field(default_factory=list)
+    # (inserted, updated, unchanged) per entity (symbol or series), for per-entity reports.
+    by_entity: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @property
     def written(self) -> int:
@@ -148,7 +150,14 @@ def write_frame(
     if not good.empty:
         lock_entities(conn, table_name, good[spec.key[0]].astype(str).unique())
         write = _upsert_postgres if conn.dialect.name == "postgresql" else _upsert_sqlite
-        result.inserted, result.updated, result.unchanged = write(conn, spec, columns, good)
+        changed = write(conn, spec, columns, good)  # entity -> (inserted, updated)
+        rows = good[spec.key[0]].astype(str).value_counts().to_dict()
+        result.by_entity = {
+            e: (*changed.get(e, (0, 0)), n - sum(changed.get(e, (0, 0)))) for e, n in rows.items()
+        }
+        result.inserted = sum(c[0] for c in result.by_entity.values())
+        result.updated = sum(c[1] for c in result.by_entity.values())
+        result.unchanged = len(good) - result.inserted - result.updated
     conn.execute(
         schema.ingest_batches.insert().values(
             table_name=table_name,
@@ -231,11 +240,13 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
         # Rows past their entity's newest stored date cannot conflict: copy them straight in.
         stored = pd.to_datetime(frame[entity].map(marks))
         direct = stored.isna() | (pd.to_datetime(frame[order]) > stored)
-    inserted = updated = 0
+    entity_of = spec.key[0]
+    counts: dict[str, list[int]] = {}
     if direct.any():
         rows = frame if direct.all() else frame[direct]
         copy_frame(cursor, table, spec, columns, rows)
-        inserted += len(rows)
+        for entity, n in rows[entity_of].astype(str).value_counts().items():
+            counts.setdefault(entity, [0, 0])[0] += n
     if not direct.all():
         rest = frame if not direct.any() else frame[~direct]
         stage = f"_stage_{uuid.uuid4().hex[:12]}"
@@ -261,16 +272,19 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
         else:
             changed = f"t.{spec.key[0]} IS NULL"
             on_conflict = "DO NOTHING"
-        counts = conn.exec_driver_sql(
+        merged = conn.exec_driver_sql(
             f"WITH up AS (INSERT INTO {table} AS t ({', '.join(columns)}) "
             f"SELECT s.{', s.'.join(columns)} FROM {stage} s LEFT JOIN {table} t ON {join} "
             f"WHERE {changed} "
-            f"ON CONFLICT ({key}) {on_conflict} RETURNING (xmax = 0) AS fresh) "
-            f"SELECT count(*) FILTER (WHERE fresh), count(*) FILTER (WHERE NOT fresh) FROM up"
-        ).one()
-        inserted += counts[0]
-        updated += counts[1]
-    return inserted, updated, len(frame) - inserted - updated
+            f"ON CONFLICT ({key}) {on_conflict} RETURNING {entity_of}, (xmax = 0) AS fresh) "
+            f"SELECT {entity_of}, count(*) FILTER (WHERE fresh), "
+            f"count(*) FILTER (WHERE NOT fresh) FROM up GROUP BY {entity_of}"
+        ).all()
+        for entity, fresh, stale in merged:
+            entry = counts.setdefault(str(entity), [0, 0])
+            entry[0] += fresh
+            entry[1] += stale
+    return {entity: (ins, upd) for entity, (ins, upd) in counts.items()}
 
 
 def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
@@ -288,11 +302,11 @@ def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFra
         values = [c for c in columns if c not in spec.key]
         join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
         differs = " OR ".join(f"t.{v} IS NOT s.{v}" for v in values) or "0"
-        new, changed = conn.exec_driver_sql(
-            f"SELECT coalesce(sum(t.{spec.key[0]} IS NULL), 0), "
+        counts = conn.exec_driver_sql(
+            f"SELECT s.{spec.key[0]}, coalesce(sum(t.{spec.key[0]} IS NULL), 0), "
             f"coalesce(sum(t.{spec.key[0]} IS NOT NULL AND ({differs})), 0) "
-            f"FROM {stage.name} s LEFT JOIN {table} t ON {join}"
-        ).one()
+            f"FROM {stage.name} s LEFT JOIN {table} t ON {join} GROUP BY s.{spec.key[0]}"
+        ).all()
         if values:
             excluded = " OR ".join(f"t.{v} IS NOT excluded.{v}" for v in values)
             on_conflict = (
@@ -308,7 +322,7 @@ def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFra
         )
     finally:
         stage.drop(conn)
-    return int(new), int(changed), len(frame) - int(new) - int(changed)
+    return {str(entity): (int(new), int(changed)) for entity, new, changed in counts}
 
 
 def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, dt.date]:

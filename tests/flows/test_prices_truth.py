@@ -138,26 +138,28 @@ def test_two_overlapping_runs_started_together_both_complete(yahoo, pg_engine):
 
 def test_a_connection_killed_mid_chunk_then_a_rerun_equals_a_clean_run(yahoo, pg_engine):
     symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META"]
-    # The database drops the connection while the fifth symbol's rows are being copied in.
+    # Chunks of two symbols, each chunk one transaction; the database drops the connection
+    # while the third chunk's first symbol, the fifth in all, is being copied in.
     with pg_engine.begin() as conn:
         conn.execute(sa.text(
             "CREATE FUNCTION drop_connection() RETURNS trigger AS $$ BEGIN "
-            "IF NEW.symbol = 'MSFT' THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
+            "IF NEW.symbol = 'GOOGL' THEN PERFORM pg_terminate_backend(pg_backend_pid()); "
             "END IF; RETURN NEW; END $$ LANGUAGE plpgsql; "
             "CREATE TRIGGER drop_connection BEFORE INSERT ON daily_prices "
             "FOR EACH ROW EXECUTE FUNCTION drop_connection()"
         ))  # fmt: skip
     try:
         with pytest.raises(sa.exc.OperationalError):
-            us(symbols=symbols, start=START, as_of=FRI)
+            us(symbols=symbols, start=START, as_of=FRI, chunk_size=2)
     finally:
         with pg_engine.begin() as conn:
             conn.execute(sa.text("DROP TRIGGER drop_connection ON daily_prices; "
                                  "DROP FUNCTION drop_connection()"))  # fmt: skip
     landed = snapshot(pg_engine)
-    # What landed, landed whole: four symbols with their actions and instrument rows.
+    # What landed, landed whole: the first two chunks, with their actions and instruments;
+    # nothing of the chunk that was cut off.
     whole = {r[0] for r in landed["instruments"]}
-    assert whole == {"AAPL", "AMZN", "GOOGL", "META"}  # symbols are written in order
+    assert whole == {"AAPL", "MSFT", "NVDA", "AMZN"}
     assert {r[0] for r in landed["daily_prices"]} == whole
     assert {r[0] for r in landed["corporate_actions"]} <= whole
 
