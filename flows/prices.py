@@ -103,7 +103,8 @@ def ingest_prices(
     stored = latest_dates(engine, "daily_prices", symbols)
     # A symbol with prices but no instruments row was cut off mid-write by an older version:
     # fetch it again from the start so what is missing (its actions, its row) lands.
-    stored = {s: d for s, d in stored.items() if s in instrument_symbols(engine, symbols)}
+    known = instrument_symbols(engine, symbols)
+    stored = {s: d for s, d in stored.items() if s in known}
     backfill_start = start or now.date() - dt.timedelta(days=round(365.25 * BACKFILL_YEARS))
     plans = plan_fetches(
         market, symbols, stored, through, backfill_start, lookback_sessions, start is not None

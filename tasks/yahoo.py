@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextvars
+import random
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -16,7 +18,6 @@ from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
 from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import task_run as current_task_run
 from prefect.tasks import exponential_backoff
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 
@@ -179,13 +180,17 @@ def is_transient(exc: BaseException | None) -> bool:
     return isinstance(exc, (YahooServerError, CurlTimeout, CurlConnectionError))
 
 
-def retry_transient(task, task_run, state) -> bool:
-    """retry_condition_fn: throttling (429), 5xx, timeouts and connection errors only.
+def retry_worthy(exc: BaseException) -> bool:
+    """Throttling (429), 5xx, timeouts and connection errors: a second try may succeed.
 
     A delisted symbol or a malformed payload would answer the same the second time.
     """
-    exc = state.result(raise_on_failure=False)
     return is_throttle(exc) or is_transient(exc)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """retry_condition_fn of fetch-symbol: retry_worthy failures only."""
+    return retry_worthy(state.result(raise_on_failure=False))
 
 
 # DESIGN.md's 2 retries, backing off exponentially (2 s, 4 s by default) with jitter; the
@@ -210,9 +215,8 @@ def fetch_symbol(
     rate_limit: str | None,
     ca_bundle: str | None = None,
 ) -> History:
-    """One symbol's chart request; retried when transient, each retry after a slot of
-    rate_limit (fetch_chunk took the first attempt's slot, in a block with others)."""
-    if rate_limit and current_task_run.run_count > 1:
+    """One symbol's chart request, after a slot of rate_limit; retried when transient."""
+    if rate_limit:
         polite(rate_limit)
     return fetch_history(symbol, start, end, tz, yahoo_session(base_url, ca_bundle), timeout_s)
 
@@ -319,18 +323,23 @@ def fetch_chunk(
     """Fetch a chunk of symbols, one request each, in blocks of rate-limit slots."""
     session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
-    fetch = fetch_symbol.with_options(
-        retry_delay_seconds=exponential_backoff(backoff_factor=backoff_s)
-    )
+    # The first attempt runs bare, its slot taken in a block below: a task run per symbol
+    # costs more API traffic than the request itself. What is worth retrying goes to the
+    # fetch-symbol task, whose Prefect retries make up the rest of DESIGN.md's 2 retries.
+    retry = fetch_symbol.with_options(retries=1, retry_delay_seconds=[2 * backoff_s])
 
     def one(plan: Fetch) -> Frames | str:
+        args = (plan.symbol, plan.start, plan.end, market.tz)
         try:
-            history = fetch(
-                plan.symbol, plan.start, plan.end, market.tz, base_url, timeout_s, rate_limit,
-                ca_bundle,
-            )  # fmt: skip
-        except YFRateLimitError as exc:
-            raise YahooThrottled("Yahoo still throttling (HTTP 429) after 2 retries") from exc
+            history = fetch_history(*args, session, timeout_s)
+        except Exception as exc:
+            if not retry_worthy(exc):
+                raise
+            time.sleep(backoff_s * (1 + 0.5 * random.random()))  # the first retry's wait
+            try:
+                history = retry(*args, base_url, timeout_s, rate_limit, ca_bundle)
+            except YFRateLimitError as again:
+                raise YahooThrottled("Yahoo still throttling (HTTP 429) after 2 retries") from again
         frames = to_frames(history, market.code, market.currency)
         return frames if not frames.prices.empty else "no data: empty result"
 
