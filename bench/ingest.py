@@ -35,23 +35,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, all its threads (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child_flow(as_of: str, start: str | None) -> None:
     """Run us-prices in this process and print its figures."""
     from flows.prices import ingest_us_prices
 
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), cpu_seconds()
     result = ingest_us_prices.with_options(retries=0)(
         symbols=SYMBOLS,
         start=dt.date.fromisoformat(start) if start else None,
         as_of=dt.datetime.fromisoformat(as_of),
         chunk_size=25,
     )
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
     rebased = result.get("rebased", {})
     print(
         json.dumps(
             {
                 "s": elapsed,
+                "cpu_s": cpu,
                 "rss_mb": peak_rss_mb(),
                 "failed": len(result["failed"]),
                 "rebased": len(rebased),

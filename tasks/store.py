@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from tasks import schema
@@ -332,10 +333,24 @@ def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, d
         return {}
     entity, order = spec.watermark
     table = spec.table
-    query = (
-        sa.select(table.c[entity], sa.func.max(table.c[order]))
-        .where(table.c[entity].in_(ids))
-        .group_by(table.c[entity])
-    )
+    if engine.dialect.name == "postgresql":
+        # One primary-key probe per id (the newest row of each), not a scan and group of the
+        # whole table: what a daily run pays for its watermarks stays per symbol, not per row.
+        wanted = sa.func.unnest(sa.cast(sa.bindparam("ids"), ARRAY(sa.Text)))
+        wanted = wanted.table_valued("id").render_derived(name="wanted")
+        newest = (
+            sa.select(sa.func.max(table.c[order]))
+            .where(table.c[entity] == wanted.c.id)
+            .scalar_subquery()
+        )
+        query = sa.select(wanted.c.id, newest)
+        params = {"ids": list(ids)}
+    else:
+        query = (
+            sa.select(table.c[entity], sa.func.max(table.c[order]))
+            .where(table.c[entity].in_(ids))
+            .group_by(table.c[entity])
+        )
+        params = {}
     with engine.connect() as conn:
-        return {row[0]: row[1] for row in conn.execute(query)}
+        return {row[0]: row[1] for row in conn.execute(query, params) if row[1] is not None}

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from urllib.parse import urlsplit
 
+import numpy as np
 import pandas as pd
 from curl_cffi import CurlOpt
 from curl_cffi import requests as curl_requests
@@ -233,48 +234,55 @@ class Frames:
     instruments: list[dict] = field(default_factory=list)
 
 
-def to_frames(history: History, market: str, currency: str) -> Frames:
-    """Turn yfinance's frame into daily_prices and corporate_actions rows (pure)."""
-    df = history.frame
-    symbol = history.symbol
-    currency = history.currency or currency
-    if df is None or df.empty:
+def to_frames(histories: list[History], market: str, currency: str) -> Frames:
+    """Turn yfinance's frames into daily_prices and corporate_actions rows (pure).
+
+    All of a chunk's symbols at once: pandas costs about as much per call on five rows as on
+    five thousand, so a daily run's symbol-at-a-time conversion cost more than its data."""
+    kept = [h for h in histories if h.frame is not None and not h.frame.empty]
+    if not kept:
         empty = pd.DataFrame(columns=["symbol", "trade_date"])
         return Frames(empty, pd.DataFrame(columns=["symbol", "action_date"]))
-    dates = pd.Index(df.index.date, name="trade_date")
-    prices = pd.DataFrame(
-        {new: df[old].to_numpy() for old, new in PRICE_COLUMNS.items() if old in df.columns},
-        index=dates,
-    )
-    prices = drop_empty_rows(prices)
-    prices.insert(0, "symbol", symbol)
-    prices = prices.reset_index()
-    prices["currency"] = currency
+    lengths = [len(h.frame) for h in kept]
+    df = pd.concat([h.frame for h in kept], ignore_index=True)
+    df["symbol"] = np.repeat([h.symbol for h in kept], lengths)
+    df["trade_date"] = np.concatenate([h.frame.index.date for h in kept])
+    df["currency"] = np.repeat([h.currency or currency for h in kept], lengths)
+    priced = [old for old in PRICE_COLUMNS if old in df.columns]
+    prices = drop_empty_rows(
+        df[["symbol", "trade_date", *priced, "currency"]].rename(columns=PRICE_COLUMNS)
+    ).reset_index(drop=True)
     prices["source"] = SOURCE
     actions = []
     for column, kind in (("Dividends", "dividend"), ("Stock Splits", "split")):
         if column in df.columns:
-            values = pd.Series(df[column].to_numpy(), index=dates)
-            values = values[values.fillna(0) != 0]
+            hit = (df[column].fillna(0) != 0).to_numpy()
             actions.append(
                 pd.DataFrame(
                     {
-                        "symbol": symbol,
-                        "action_date": values.index,
+                        "symbol": df["symbol"].to_numpy()[hit],
+                        "action_date": df["trade_date"].to_numpy()[hit],
                         "action_type": kind,
-                        "value": values.to_numpy(dtype=float),
+                        "value": df[column].to_numpy(dtype=float)[hit],
                         "source": SOURCE,
                     }
                 )
             )
+    present = set(prices["symbol"])
+    instruments = [
+        {
+            "symbol": h.symbol,
+            "market": market,
+            "currency": h.currency or currency,
+            "exchange_tz": h.exchange_tz,
+        }
+        for h in kept
+        if h.symbol in present
+    ]
     actions_frame = pd.concat(actions, ignore_index=True) if actions else pd.DataFrame()
-    instrument = {
-        "symbol": symbol,
-        "market": market,
-        "currency": currency,
-        "exchange_tz": history.exchange_tz,
-    }
-    return Frames(prices, actions_frame, [instrument])
+    if not actions_frame.empty:
+        actions_frame = actions_frame[actions_frame["symbol"].isin(present)]
+    return Frames(prices, actions_frame.reset_index(drop=True), instruments)
 
 
 def drop_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -328,7 +336,7 @@ def fetch_chunk(
     # fetch-symbol task, whose Prefect retries make up the rest of DESIGN.md's 2 retries.
     retry = fetch_symbol.with_options(retries=1, retry_delay_seconds=[2 * backoff_s])
 
-    def one(plan: Fetch) -> Frames | str:
+    def one(plan: Fetch) -> History:
         args = (plan.symbol, plan.start, plan.end, market.tz)
         try:
             history = fetch_history(*args, session, timeout_s)
@@ -340,10 +348,9 @@ def fetch_chunk(
                 history = retry(*args, base_url, timeout_s, rate_limit, ca_bundle)
             except YFRateLimitError as again:
                 raise YahooThrottled("Yahoo still throttling (HTTP 429) after 2 retries") from again
-        frames = to_frames(history, market.code, market.currency)
-        return frames if not frames.prices.empty else "no data: empty result"
+        return history
 
-    parts: list[Frames] = []
+    histories: list[History] = []
     errors: dict[str, str] = {}
     throttled = None
     # A few requests in flight hide the rate-limit round trip; the server-side limit still
@@ -373,20 +380,10 @@ def fetch_chunk(
             except Exception as exc:  # noqa: BLE001 - one symbol's failure never stops the chunk
                 errors[plan.symbol] = describe_error(exc)
                 continue
-            if isinstance(outcome, str):
-                errors[plan.symbol] = outcome
-            else:
-                parts.append(outcome)
-    return ChunkResult(combine(parts), errors, throttled)
-
-
-def combine(parts: list[Frames]) -> Frames:
-    """One Frames from many (pure)."""
-    if not parts:
-        return Frames(pd.DataFrame(columns=["symbol", "trade_date"]), pd.DataFrame(), [])
-    actions = [p.actions for p in parts if not p.actions.empty]
-    return Frames(
-        pd.concat([p.prices for p in parts], ignore_index=True),
-        pd.concat(actions, ignore_index=True) if actions else pd.DataFrame(),
-        [i for p in parts for i in p.instruments],
-    )
+            histories.append(outcome)
+    frames = to_frames(histories, market.code, market.currency)
+    landed = {i["symbol"] for i in frames.instruments}
+    for history in histories:
+        if history.symbol not in landed:
+            errors[history.symbol] = "no data: empty result"
+    return ChunkResult(frames, errors, throttled)

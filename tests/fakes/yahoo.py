@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import errno
 import random
+import threading
 import zlib
 from functools import lru_cache
 
@@ -69,6 +70,8 @@ class FakeYahoo(FakeServer):
         self.today: dt.date | None = None
         self.missing: dict[str, set[dt.date]] = {}
         self.holiday_bars: dict[str, set[dt.date]] = {}
+        self._series: dict[tuple, dict] = {}
+        self._series_lock = threading.Lock()
 
     def known(self, day) -> bool:
         """Whether the stand-in's clock has reached day (a date or Timestamp)."""
@@ -173,7 +176,29 @@ class FakeYahoo(FakeServer):
 
     # -- synthetic data
     def series(self, symbol: str) -> dict[str, np.ndarray]:
-        """The symbol's whole history as served now: same symbol and clock, same numbers."""
+        """The symbol's whole history as served now: same symbol and clock, same numbers.
+
+        Kept per state (clock and the symbol's scripted events), as Yahoo serves a stored
+        history: rebuilding ten years for each five-session request would make the stand-in,
+        not the code under test, what a benchmark measures."""
+        state = (
+            symbol,
+            self.today,
+            tuple(sorted(self.splits.get(symbol, {}).items())),
+            tuple(sorted(self.dividends.get(symbol, {}).items()))
+            if symbol in self.dividends
+            else None,
+            tuple(sorted(self.missing.get(symbol, ()))),
+            tuple(sorted(self.holiday_bars.get(symbol, ()))),
+        )
+        with self._series_lock:
+            if state not in self._series:
+                if len(self._series) >= 2048:
+                    self._series.pop(next(iter(self._series)))
+                self._series[state] = self._build_series(symbol)
+            return self._series[state]
+
+    def _build_series(self, symbol: str) -> dict[str, np.ndarray]:
         market = market_of(symbol)
         sessions, stamps = _sessions(market.calendar)
         seed = zlib.crc32(symbol.encode())

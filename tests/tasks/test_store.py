@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.schema import daily_prices, ingest_batches, rejected_rows
-from tasks.store import migrate, upsert_frame
+from tasks.sql import lock_entities
+from tasks.store import latest_dates, migrate, upsert_frame
 
 pytestmark = pytest.mark.integration
 
@@ -215,3 +216,36 @@ def test_instruments_upsert_by_symbol_and_stamp_updated_at(store):
     frame.loc[1, "currency"] = "USD"
     result = upsert_frame(store, "instruments", frame)
     assert (result.inserted, result.updated, result.unchanged) == (0, 1, 1)
+
+
+def test_latest_dates_are_the_newest_stored_per_symbol_and_absent_when_none(store):
+    upsert_frame(store, "daily_prices", prices(days=5))
+    upsert_frame(
+        store, "daily_prices", prices(symbols=("MSFT",), days=3, start=dt.date(2024, 2, 1))
+    )
+    assert latest_dates(store, "daily_prices", ["AAPL", "MSFT", "NVDA"]) == {
+        "AAPL": dt.date(2024, 1, 6),
+        "MSFT": dt.date(2024, 2, 3),
+    }
+    assert latest_dates(store, "daily_prices", []) == {}
+
+
+def test_a_writer_waits_for_the_other_transaction_holding_a_symbol(pg_engine):
+    import threading
+
+    order = []
+    with pg_engine.begin() as first:
+        lock_entities(first, "daily_prices", ["MSFT", "AAPL"])
+
+        def second_writer():
+            with pg_engine.begin() as second:
+                lock_entities(second, "daily_prices", ["AAPL", "TSLA"])
+                order.append("second")
+
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        thread.join(timeout=1.0)
+        assert thread.is_alive(), "the second writer must wait for AAPL's lock"
+        order.append("first")
+    thread.join(timeout=10)
+    assert order == ["first", "second"]

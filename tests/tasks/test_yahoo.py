@@ -88,7 +88,7 @@ def test_the_stand_ins_certificate_is_checked():
 def test_unadjusted_close_adj_close_and_actions_are_kept(fake):
     fake.splits["AAPL"] = {dt.date(2024, 6, 10): (4, 1)}
     fake.dividends["AAPL"] = {dt.date(2024, 6, 7): 0.25}
-    frames = to_frames(get(fake, "AAPL"), "US", "USD")
+    frames = to_frames([get(fake, "AAPL")], "US", "USD")
     prices = frames.prices.set_index("trade_date")
     assert prices.loc[dt.date(2024, 6, 6), "adj_close"] < prices.loc[dt.date(2024, 6, 6), "close"]
     assert prices.loc[dt.date(2024, 6, 7), "adj_close"] == pytest.approx(
@@ -229,7 +229,7 @@ def test_to_frames_from_a_small_table():
         },
         index=index,
     )
-    frames = to_frames(History("KO", frame, "USD", NY), "US", "USD")
+    frames = to_frames([History("KO", frame, "USD", NY)], "US", "USD")
     assert frames.prices.to_dict("records")[1] == {
         "trade_date": dt.date(2024, 6, 7),
         "symbol": "KO",
@@ -250,6 +250,31 @@ def test_to_frames_from_a_small_table():
             "value": 0.1,
             "source": "yahoo",
         }
+    ]
+
+
+def test_to_frames_converts_a_chunk_at_once_and_leaves_out_unpriced_symbols():
+    index = pd.DatetimeIndex(["2024-06-06", "2024-06-07"]).tz_localize(NY)
+    priced = pd.DataFrame({"Close": [10.5, 11.5], "Volume": [100, 200]}, index=index)
+    unpriced = pd.DataFrame({"Close": [None, None], "Volume": [0, 0]}, index=index)
+    split = pd.DataFrame({"Close": [5.0], "Volume": [7], "Stock Splits": [2.0]}, index=index[:1])
+    frames = to_frames(
+        [
+            History("KO", priced, None, NY),
+            History("GONE", unpriced, "USD", NY),
+            History("SPLT", split, "USD", NY),
+        ],
+        "US",
+        "USD",
+    )
+    assert frames.prices[["symbol", "trade_date", "close"]].values.tolist() == [
+        ["KO", dt.date(2024, 6, 6), 10.5],
+        ["KO", dt.date(2024, 6, 7), 11.5],
+        ["SPLT", dt.date(2024, 6, 6), 5.0],
+    ]
+    assert [i["symbol"] for i in frames.instruments] == ["KO", "SPLT"]
+    assert frames.actions[["symbol", "action_type", "value"]].values.tolist() == [
+        ["SPLT", "split", 2.0]
     ]
 
 
