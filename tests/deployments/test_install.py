@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.install import ROUTES, main, parse_env
+from deployments.install import main
+from deployments.units import ROUTES, parse_env
 from tasks.postgres import resolve_targets
 from tasks.settings import Settings
 
