@@ -22,6 +22,6 @@ def load_block(block_cls: type[B], name: str) -> B:
             raise
         raise MissingBlock(
             f"No {block_cls.get_block_type_name()} block named '{name}' on the Prefect server: "
-            f"create it with `python -m blocks.register` (its settings in .env) or in the "
+            f"create it with `python -m deployments.blocks` (its settings in .env) or in the "
             f"UI under Blocks"
         ) from None

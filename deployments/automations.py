@@ -5,7 +5,7 @@
 An automation that matches is left alone, one that differs is updated, a missing one is
 created, and one tagged "investflow-automation" that deployments/alert_rules.py no longer
 defines is deleted. The `investflow-alerts` notification block (saved by `python -m
-blocks.register`) must exist first; without it only the automations that send nothing are
+deployments.blocks`) must exist first; without it only the automations that send nothing are
 applied.
 """
 
@@ -17,8 +17,8 @@ import json
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore
 
-from blocks.register import ALERTS
 from deployments.alert_rules import TAG, cadences, desired
+from deployments.blocks import ALERTS
 
 
 def _comparable(automation) -> str:

@@ -74,7 +74,7 @@ def apply_limits(local: bool = False) -> None:
 
 
 def apply_blocks(local: bool = False) -> None:
-    from blocks.register import register_blocks
+    from deployments.blocks import register_blocks
 
     for line in register_blocks(local=local):
         print(f"  {line}")

@@ -152,7 +152,7 @@ def apply_alerts(env: dict[str, str], webhook_url: str) -> str:
     Only that block: the full blocks step would leave a FRED key and a database URL behind
     for later test modules on the same server.
     """
-    from blocks.register import ALERTS, BUILDERS
+    from deployments.blocks import ALERTS, BUILDERS
     from tasks.settings import Settings
 
     block, _ = BUILDERS[ALERTS](Settings(alert_webhook_url=webhook_url, _env_file=None))
@@ -164,7 +164,7 @@ def remove_alerts() -> None:
     """Delete the investflow automations and the alerts block again."""
     from prefect.client.orchestration import get_client
 
-    from blocks.register import ALERTS
+    from deployments.blocks import ALERTS
 
     with get_client(sync_client=True) as client:
         for automation in client.read_automations():

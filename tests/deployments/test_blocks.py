@@ -1,4 +1,4 @@
-"""Blocks from settings: saved by name, loaded by flows, never printed."""
+"""The bootstrap's blocks step: saved from settings by name, loaded by flows, never printed."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from prefect.blocks.system import Secret
 from prefect_aws import AwsCredentials, S3Bucket
 
 from blocks.database import MarketDatabase, database_url
-from blocks.loading import MissingBlock, load_block
 from blocks.oci import OciCredentials
-from blocks.register import BUILDERS, register_blocks
+from deployments.blocks import BUILDERS, register_blocks
 from tasks.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -102,11 +101,6 @@ def test_a_block_left_by_an_earlier_run_never_silently_wins(saved_blocks, monkey
     assert database_url(now) == default
     (line,) = [x for x in register_blocks(now, local=True) if x.startswith("block market-data")]
     assert line.endswith("unchanged (the default store)")
-
-
-def test_a_missing_block_says_which_and_how_to_create_it():
-    with pytest.raises(MissingBlock, match=r"OCI Credentials block named 'nope'.*blocks\.register"):
-        load_block(OciCredentials, "nope")
 
 
 def test_registered_alert_block_delivers_through_send_alert(saved_blocks):

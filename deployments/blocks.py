@@ -1,7 +1,9 @@
-"""Register every block from settings (.env or INVESTFLOW_*): `python -m blocks.register`.
+"""Save every block from settings (.env or INVESTFLOW_*): `python -m deployments.blocks`.
 
-Saving overwrites, so running it again brings the blocks in line with the settings. It
-prints block names and what was skipped, never a value.
+The bootstrap's `blocks` step. Saving overwrites, so running it again brings the blocks in
+line with the settings. It prints block names and what was skipped, never a value. The block
+classes themselves are configuration and live in blocks/; saving them to a server is
+deployment, so it lives here.
 """
 
 from __future__ import annotations
