@@ -53,9 +53,9 @@ POOLS = (
 )
 POOL_NAMES = tuple(p.name for p in POOLS)
 
-# Task sizes on Fargate: what ingestion needs, and the CPU inference fallback.
+# The pool's default Fargate task size, what ingestion needs; the CPU inference fallback asks
+# for a bigger one in prefect.yaml (fargate_inference).
 FARGATE_INGEST = {"cpu": 256, "memory": 512}
-FARGATE_INFERENCE = {"cpu": 1024, "memory": 2048}
 # Spot first; FARGATE (on demand) takes a share so a run still lands when Spot is scarce.
 CAPACITY_PROVIDER_STRATEGY = [
     {"capacityProvider": "FARGATE_SPOT", "weight": 4, "base": 0},
