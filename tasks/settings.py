@@ -74,16 +74,6 @@ class Settings(BaseSettings):
     cpu_image: str = "ghcr.io/investflow/investflow-cpu:latest"
     gpu_image: str = "ghcr.io/investflow/investflow-gpu:latest"
 
-    def require(self, name: str) -> str:
-        """Return a secret's plain value, or fail naming the setting that is missing."""
-        value = getattr(self, name)
-        if value is None or (isinstance(value, SecretStr) and not value.get_secret_value()):
-            raise MissingSetting(
-                f"INVESTFLOW_{name.upper()} is not set (environment or .env); "
-                f"it is required for this job"
-            )
-        return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-
 
 def get_settings() -> Settings:
     """Read the settings now (environment and .env), so each run sees current values."""
