@@ -88,7 +88,7 @@ def test_a_failed_run_reaches_the_webhook_with_no_worker_running(alerting, monke
         lambda: alerts_for(alerting["webhook"], run_id), timeout=30, what="the failure alert"
     )
     received = next(r.at for r in alerting["webhook"].requests if run_id.encode() in r.body)
-    assert received - started.timestamp() < 30  # the bound for a missing key
+    assert received - started.timestamp() < 30  # README's target (Benchmarks) for a missing key
     assert "macro" in text and "Failed" in text and "FRED API key" in text
     assert f"/runs/flow-run/{run_id}" in text
     time.sleep(3)
@@ -156,7 +156,7 @@ def test_a_pool_without_a_live_worker_alerts_once_and_again_when_back(alerting):
         )
     stack.wait_until(
         lambda: alerts_for(webhook, "oracle-mumbai has no live worker"),
-        timeout=120,  # the bound: three 5 s heartbeats missed plus the server's sweep
+        timeout=120,  # three 5 s heartbeats missed plus the server's sweep
         what="the pool-not-ready alert",
         interval=1,
     )

@@ -104,8 +104,9 @@ def run_environment(task: dict) -> dict[str, str]:
     return {e["name"]: e["value"] for e in container["environment"]}
 
 
-# DESIGN.md: FARGATE_SPOT first; FARGATE on demand takes a share so a run lands when Spot is
-# scarce. With weights 4:1 and base 0 about one task in five runs on FARGATE.
+# As deployments/pools.py sets it: FARGATE_SPOT first; FARGATE on demand takes a share so a
+# run lands when Spot is scarce. With weights 4:1 and base 0 about one task in five runs on
+# FARGATE.
 SPOT_FIRST = [
     {"capacityProvider": "FARGATE_SPOT", "weight": 4, "base": 0},
     {"capacityProvider": "FARGATE", "weight": 1, "base": 0},
@@ -116,8 +117,8 @@ def test_ecs_worker_asks_for_fargate_spot_first_at_256_512(aws, fargate_route):
     route = fargate_route
     assert us_prices_spec()["work_pool"]["name"] == "fargate"
     with get_client(sync_client=True) as client:
-        # One run on the task definition registered beforehand (as the issue has it), one
-        # on the definition the worker registers from the pool's template.
+        # One run on a task definition registered beforehand (an operator's own), one on the
+        # definition the worker registers from the pool's template.
         registered = deploy_us_prices(
             client,
             route["pool"],

@@ -16,9 +16,9 @@ from deployments.pools import POOL_NAMES
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# deployment: (entrypoint, flow name, pool, cron or None). The crons are the design's fire
-# times in UTC; prefect.yaml writes them in the operator's Asia/Seoul and must fire at the same
-# instants.
+# deployment: (entrypoint, flow name, pool, cron or None). The crons are the fire times in UTC
+# (README, "What runs where"); prefect.yaml writes them in the operator's Asia/Seoul and must
+# fire at the same instants.
 EXPECTED = {
     "us-prices": ("flows/prices.py:ingest_us_prices", "us-prices", "fargate", "0 9 * * 2-6"),
     "kr-prices": ("flows/prices.py:ingest_kr_prices", "kr-prices", "fargate", "0 21 * * 1-5"),
