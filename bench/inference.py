@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.scratch import create_store, drop_store  # noqa: E402
-from tasks import model, model_store  # noqa: E402
-from tasks.features import FEATURE_SPEC, WINDOW, Normaliser, latest_windows, session_features  # noqa: E402
+from tasks.models import model, storage  # noqa: E402
+from tasks.models.features import FEATURE_SPEC, WINDOW, Normaliser, latest_windows, session_features  # noqa: E402
 from tasks.store import get_engine, upsert_frame  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
@@ -135,10 +135,10 @@ def flow_end_to_end(url: str, net, normaliser, batch_size: int, repeats: int) ->
             "train_end": day,
             "metrics": {"samples": 0},
             "sha256": model.sha256(blob),
-            "uri": model_store.LocalStorage(Path(models)).put("US/us-bench.pt", blob),
+            "uri": storage.LocalStorage(Path(models)).put("US/us-bench.pt", blob),
         }
-        model_store.register_version(engine, row)
-        model_store.promote(engine, "us-bench", "US")
+        storage.register_version(engine, row)
+        storage.promote(engine, "us-bench", "US")
         runs, predicted = [], 0
         for _ in range(repeats):
             with engine.begin() as conn:
@@ -180,7 +180,7 @@ def main() -> None:
         engine = get_engine(url)
         upsert_frame(engine, "daily_prices", prices)
         del prices, feats
-        windows = latest_windows(model_store.prediction_prices(engine, "US"), normaliser)
+        windows = latest_windows(storage.prediction_prices(engine, "US"), normaliser)
         cpu, scale = torch.device("cpu"), normaliser.target_scale
         result = compare(net, windows.x, scale, cpu, args.batch_size, args.repeats)
         # The same comparison as the Fargate fallback task sees it: one vCPU.

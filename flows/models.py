@@ -12,13 +12,13 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from pydantic import Field
 
-from tasks import features, model, model_report, model_store
+from tasks.models import features, model, report, storage
 from tasks.params import AtLeastOne, Device, MarketCode
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, upsert_frame
 
 # Engines, frames and models are not worth hashing for a cache: every task runs every time.
-load_prices = task(model_store.load_prices, name="load-prices", cache_policy=NO_CACHE)
+load_prices = task(storage.load_prices, name="load-prices", cache_policy=NO_CACHE)
 build_dataset = task(features.build_dataset, name="build-dataset", cache_policy=NO_CACHE)
 fit_model = task(model.fit, name="fit-model", cache_policy=NO_CACHE)
 validate_model = task(model.validate, name="validate-model", cache_policy=NO_CACHE)
@@ -26,13 +26,13 @@ upsert = task(upsert_frame, name="upsert-predictions", cache_policy=NO_CACHE)
 
 
 @task(cache_policy=NO_CACHE)
-def store_version(engine, storage, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
+def store_version(engine, checkpoints, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
     """Save the checkpoint and its plot, and register the version in model_versions."""
     sha = model.sha256(blob)
     version = f"{market.lower()}-{meta['train_range'][1]:%Y%m%d}-{sha[:12]}"
-    uri = storage.put(f"{market}/{version}.pt", blob)
-    plot_uri = storage.put(f"{market}/{version}.png", png)
-    model_store.register_version(
+    uri = checkpoints.put(f"{market}/{version}.pt", blob)
+    plot_uri = checkpoints.put(f"{market}/{version}.png", png)
+    storage.register_version(
         engine,
         {
             "version": version,
@@ -100,22 +100,27 @@ def train_model(
         val_range=data.val_range,
         metrics=metrics,
     )
-    png = model_report.plot_png(
+    png = report.plot_png(
         predicted,
         data.targets(data.val_idx),
         f"{market} validation {data.val_range[0]}..{data.val_range[1]}",
     )
-    storage = model_store.open_storage(settings.model_dir)
+    checkpoints = storage.open_storage(settings.model_dir)
     stored = store_version(
-        engine, storage, market, blob, png, {"train_range": data.train_range, "metrics": metrics}
+        engine,
+        checkpoints,
+        market,
+        blob,
+        png,
+        {"train_range": data.train_range, "metrics": metrics},
     )
 
     why = model.promotion_reason(metrics)
     if metrics["beats_baselines"]:
-        model_store.promote(engine, stored["version"], market)
+        storage.promote(engine, stored["version"], market)
         decision = f"beats both naive baselines on validation: {why}"
     else:
-        kept = model_store.promoted_version(engine, market)
+        kept = storage.promoted_version(engine, market)
         decision = (
             f"not promoted, {kept or 'no version'} stays promoted: it does not beat both naive "
             f"baselines by more than noise: {why}"
@@ -133,7 +138,7 @@ def train_model(
         "val_range": data.val_range,
     }
     create_markdown_artifact(
-        model_report.training_markdown(result, png),
+        report.training_markdown(result, png),
         key=f"train-model-{market.lower()}",
         description=f"validation of {stored['version']}",
     )
@@ -191,14 +196,14 @@ def predict_returns(
     model.set_threads(threads)
 
     try:
-        row = model_store.find_version(engine, market, model_version)
+        row = storage.find_version(engine, market, model_version)
     except model.NoPromotedModel as exc:
         if model_version:
             raise  # a pinned version that does not exist is a mistake worth an alert
         # A fresh install, or no version has beaten the baselines yet: nothing is wrong.
         logger.info("no model yet: %s", exc)
         return Completed(message=f"no model yet: {exc}", data={"market": market, "predicted": 0})
-    blob = model_store.read_checkpoint(row["uri"], settings.model_dir)
+    blob = storage.read_checkpoint(row["uri"], settings.model_dir)
     loaded = model.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
     del blob
     logger.info("model %s on device %s", row["version"], torch_device)
@@ -241,7 +246,7 @@ def predict_returns(
         "skipped": windows.skipped,
     }
     create_markdown_artifact(
-        model_report.prediction_markdown(result),
+        report.prediction_markdown(result),
         key=f"predict-returns-{market.lower()}",
         description=f"predictions as of {windows.as_of} on {torch_device}",
     )

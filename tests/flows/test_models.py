@@ -10,11 +10,11 @@ import pytest
 import sqlalchemy as sa
 
 from flows.models import predict_returns, train_model
-from tasks import model
-from tasks.features import WINDOW
+from tasks.models import model
+from tasks.models.features import WINDOW
 from tasks.schema import model_versions, predictions
 from tasks.store import upsert_frame
-from tests.tasks.test_features import synthetic_prices
+from tests.tasks.models.test_features import synthetic_prices
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import torch
 from flows.models import predict_returns, train_model
 from tasks.schema import predictions
 from tasks.store import upsert_frame
-from tests.tasks.test_features import synthetic_prices
+from tests.tasks.models.test_features import synthetic_prices
 
 pytestmark = [
     pytest.mark.integration,

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import model
-from tasks.features import FEATURE_SPEC, build_dataset
-from tasks.model_store import LocalStorage, S3Storage
-from tests.tasks.test_features import synthetic_prices
+from tasks.models import model
+from tasks.models.features import FEATURE_SPEC, build_dataset
+from tasks.models.storage import LocalStorage, S3Storage
+from tests.tasks.models.test_features import synthetic_prices
 
 CPU = torch.device("cpu")
 TINY = model.ModelConfig(hidden=8, epochs=2, batch_size=256, seed=3)

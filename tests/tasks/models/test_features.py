@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import (
+from tasks.models.features import (
     FEATURES,
     WINDOW,
     NotEnoughData,

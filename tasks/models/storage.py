@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tasks import schema
-from tasks.features import PRICE_COLUMNS, WINDOW, market_of
-from tasks.model import ModelError, NoPromotedModel
+from tasks.models.features import PRICE_COLUMNS, WINDOW, market_of
+from tasks.models.model import ModelError, NoPromotedModel
 
 MODEL_BLOCK = "investflow-models"
 log = logging.getLogger(__name__)

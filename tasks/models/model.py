@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from tasks.features import FEATURE_SPEC, FEATURES, WINDOW, Dataset, Normaliser
+from tasks.models.features import FEATURE_SPEC, FEATURES, WINDOW, Dataset, Normaliser
 
 
 class ModelError(RuntimeError):

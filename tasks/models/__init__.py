@@ -1,0 +1,1 @@
+"""The return model: features, the network, its checkpoints, storage and reports."""
