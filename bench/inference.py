@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.scratch import create_store, drop_store  # noqa: E402
-from tasks.models import model, storage  # noqa: E402
+from tasks.models import checkpoint, model, storage  # noqa: E402
 from tasks.models.features import FEATURE_SPEC, WINDOW, Normaliser, latest_windows, session_features  # noqa: E402
 from tasks.store import get_engine, upsert_frame  # noqa: E402
 
@@ -117,7 +117,7 @@ def flow_end_to_end(url: str, net, normaliser, batch_size: int, repeats: int) ->
     with tempfile.TemporaryDirectory() as models, prefect_test_harness(server_startup_timeout=120):
         os.environ.update(INVESTFLOW_DATABASE_URL=url, INVESTFLOW_MODEL_DIR=models)
         day = pd.Timestamp("2024-01-02").date()
-        blob = model.checkpoint_bytes(
+        blob = checkpoint.checkpoint_bytes(
             net,
             model.ModelConfig(),
             normaliser,
@@ -134,7 +134,7 @@ def flow_end_to_end(url: str, net, normaliser, batch_size: int, repeats: int) ->
             "train_start": day,
             "train_end": day,
             "metrics": {"samples": 0},
-            "sha256": model.sha256(blob),
+            "sha256": checkpoint.sha256(blob),
             "uri": storage.LocalStorage(Path(models)).put("US/us-bench.pt", blob),
         }
         storage.register_version(engine, row)

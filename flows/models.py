@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 from prefect.states import Completed
 from pydantic import Field
 
-from tasks.models import features, model, report, storage
+from tasks.models import checkpoint, evaluation, features, model, report, storage
 from tasks.params import AtLeastOne, Device, MarketCode
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, upsert_frame
@@ -21,14 +21,14 @@ from tasks.store import engine_from_settings, upsert_frame
 load_prices = task(storage.load_prices, name="load-prices", cache_policy=NO_CACHE)
 build_dataset = task(features.build_dataset, name="build-dataset", cache_policy=NO_CACHE)
 fit_model = task(model.fit, name="fit-model", cache_policy=NO_CACHE)
-validate_model = task(model.validate, name="validate-model", cache_policy=NO_CACHE)
+validate_model = task(evaluation.validate, name="validate-model", cache_policy=NO_CACHE)
 upsert = task(upsert_frame, name="upsert-predictions", cache_policy=NO_CACHE)
 
 
 @task(cache_policy=NO_CACHE)
 def store_version(engine, checkpoints, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
     """Save the checkpoint and its plot, and register the version in model_versions."""
-    sha = model.sha256(blob)
+    sha = checkpoint.sha256(blob)
     version = f"{market.lower()}-{meta['train_range'][1]:%Y%m%d}-{sha[:12]}"
     uri = checkpoints.put(f"{market}/{version}.pt", blob)
     plot_uri = checkpoints.put(f"{market}/{version}.png", png)
@@ -91,7 +91,7 @@ def train_model(
         "val_range": [d.isoformat() for d in data.val_range],
     }
 
-    blob = model.checkpoint_bytes(
+    blob = checkpoint.checkpoint_bytes(
         net,
         config,
         data.normaliser,
@@ -115,7 +115,7 @@ def train_model(
         {"train_range": data.train_range, "metrics": metrics},
     )
 
-    why = model.promotion_reason(metrics)
+    why = evaluation.promotion_reason(metrics)
     if metrics["beats_baselines"]:
         storage.promote(engine, stored["version"], market)
         decision = f"beats both naive baselines on validation: {why}"
@@ -197,14 +197,14 @@ def predict_returns(
 
     try:
         row = storage.find_version(engine, market, model_version)
-    except model.NoPromotedModel as exc:
+    except storage.NoPromotedModel as exc:
         if model_version:
             raise  # a pinned version that does not exist is a mistake worth an alert
         # A fresh install, or no version has beaten the baselines yet: nothing is wrong.
         logger.info("no model yet: %s", exc)
         return Completed(message=f"no model yet: {exc}", data={"market": market, "predicted": 0})
     blob = storage.read_checkpoint(row["uri"], settings.model_dir)
-    loaded = model.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
+    loaded = checkpoint.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
     del blob
     logger.info("model %s on device %s", row["version"], torch_device)
 

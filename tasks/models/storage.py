@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from pathlib import Path
 
 import pandas as pd
@@ -12,10 +11,13 @@ from sqlalchemy.engine import Engine
 
 from tasks import schema
 from tasks.models.features import PRICE_COLUMNS, WINDOW, market_of
-from tasks.models.model import ModelError, NoPromotedModel
+from tasks.models.model import ModelError
 
 MODEL_BLOCK = "investflow-models"
-log = logging.getLogger(__name__)
+
+
+class NoPromotedModel(ModelError):
+    """No version is promoted for the market yet."""
 
 
 # ---------------------------------------------------------------------------- prices

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+import torch
 
 from flows.models import predict_returns, train_model
-from tasks.models import model
+from tasks.models import checkpoint, model, storage
 from tasks.models.features import WINDOW
 from tasks.schema import model_versions, predictions
 from tasks.store import upsert_frame
@@ -82,9 +83,9 @@ def test_training_on_cpu_is_quick_promotes_a_winner_and_splits_by_time(pg_engine
     row = versions(pg_engine).iloc[0]
     assert row["version"] == trained["version"] and row["promoted"]
     assert row["train_end"] == train_end and row["window"] == WINDOW
-    checkpoint = Path(row["uri"].removeprefix("file://"))
-    assert model.sha256(checkpoint.read_bytes()) == row["sha256"]
-    assert checkpoint.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    saved = Path(row["uri"].removeprefix("file://"))
+    assert checkpoint.sha256(saved.read_bytes()) == row["sha256"]
+    assert saved.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
 
     report = artifact("train-model-us")
     for line in (
@@ -172,7 +173,7 @@ def test_prediction_without_a_promoted_model_completes_quietly_saying_no_model_y
 
 
 def test_a_pinned_version_that_does_not_exist_fails(pg_engine, model_dir):
-    with pytest.raises(model.NoPromotedModel, match="'us-nope' is not registered"):
+    with pytest.raises(storage.NoPromotedModel, match="'us-nope' is not registered"):
         predict_returns(market="US", model_version="us-nope", device="cpu")
 
 
@@ -187,17 +188,17 @@ def test_a_corrupted_checkpoint_is_refused_and_nothing_is_written(pg_engine, tra
     blob[100] ^= 0xFF
     path.write_bytes(bytes(blob))
 
-    with pytest.raises(model.ChecksumMismatch, match="differs from the registered"):
+    with pytest.raises(checkpoint.ChecksumMismatch, match="differs from the registered"):
         predict_returns(market="US", device="cpu")
     assert stored_predictions(pg_engine).empty
 
 
 def test_a_pinned_checkpoint_with_another_feature_spec_is_refused(pg_engine, trained, model_dir):
     # A version saved by older code with one feature fewer, registered honestly (sha matches).
-    payload = model.torch.load(trained["uri"].removeprefix("file://"), weights_only=True)
+    payload = torch.load(trained["uri"].removeprefix("file://"), weights_only=True)
     payload["feature_spec"] = {**payload["feature_spec"], "features": ["log_return", "range"]}
     path = model_dir / "US" / "old.pt"
-    model.torch.save(payload, path)
+    torch.save(payload, path)
     with pg_engine.begin() as conn:
         conn.execute(
             model_versions.insert().values(
@@ -205,12 +206,12 @@ def test_a_pinned_checkpoint_with_another_feature_spec_is_refused(pg_engine, tra
                 market="US",
                 feature_spec=payload["feature_spec"],
                 window=60,
-                sha256=model.sha256(path.read_bytes()),
+                sha256=checkpoint.sha256(path.read_bytes()),
                 uri=path.resolve().as_uri(),
             )
         )
 
-    with pytest.raises(model.FeatureSpecMismatch, match="us-old.*refusing"):
+    with pytest.raises(checkpoint.FeatureSpecMismatch, match="us-old.*refusing"):
         predict_returns(market="US", model_version="us-old", device="cpu")
     assert stored_predictions(pg_engine).empty
 
