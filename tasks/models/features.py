@@ -21,13 +21,8 @@ FEATURE_SPEC = {
     "normalisation": "per market, mean/std of the training window",
     "clip": 8.0,
 }
-KR_SUFFIXES = (".KS", ".KQ")
-PRICE_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "adj_close", "volume"]
-
-
-def market_of(symbol: str) -> str:
-    """Yahoo's suffix tells the market: .KS/.KQ are Korean, the rest American."""
-    return "KR" if symbol.upper().endswith(KR_SUFFIXES) else "US"
+# The daily_prices columns the features are built from.
+FEATURE_INPUT_COLUMNS = ["symbol", "trade_date", "high", "low", "close", "adj_close", "volume"]
 
 
 def session_features(prices: pd.DataFrame) -> pd.DataFrame:

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tasks import schema
-from tasks.models.features import PRICE_COLUMNS, WINDOW, market_of
+from tasks.calendars import market_of
+from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
 from tasks.models.model import ModelError
 
 MODEL_BLOCK = "investflow-models"
@@ -34,7 +35,7 @@ def market_symbols(engine: Engine, market: str) -> dict[str, dt.date]:
         listed = dict(
             conn.execute(sa.select(schema.instruments.c.symbol, schema.instruments.c.market)).all()
         )
-    return {s: d for s, d in newest if (listed.get(s) or market_of(s)) == market}
+    return {s: d for s, d in newest if (listed.get(s) or market_of(s).code) == market}
 
 
 def load_prices(engine: Engine, market: str, sessions: int | None = None) -> pd.DataFrame:
@@ -44,9 +45,9 @@ def load_prices(engine: Engine, market: str, sessions: int | None = None) -> pd.
     """
     symbols = market_symbols(engine, market)
     if not symbols:
-        return pd.DataFrame(columns=PRICE_COLUMNS)
+        return pd.DataFrame(columns=FEATURE_INPUT_COLUMNS)
     table = schema.daily_prices
-    query = sa.select(*[table.c[c] for c in PRICE_COLUMNS]).where(
+    query = sa.select(*[table.c[c] for c in FEATURE_INPUT_COLUMNS]).where(
         table.c.symbol.in_(sa.bindparam("ids", expanding=True))
     )
     if sessions:

@@ -14,7 +14,6 @@ from tasks.models.features import (
     NotEnoughData,
     build_dataset,
     latest_windows,
-    market_of,
     session_features,
 )
 
@@ -147,12 +146,3 @@ def test_latest_windows_end_on_the_last_session_and_skip_what_cannot_be_built():
     feats = session_features(full[full.symbol == "S001"])
     expected = data.normaliser.apply(feats[list(FEATURES)].to_numpy()[-WINDOW:])
     np.testing.assert_allclose(out.x[1], expected, rtol=1e-6)
-
-
-def test_market_comes_from_the_yahoo_suffix():
-    assert [market_of(s) for s in ("AAPL", "005930.KS", "035720.kq", "BRK-B")] == [
-        "US",
-        "KR",
-        "KR",
-        "US",
-    ]
