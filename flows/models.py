@@ -232,7 +232,7 @@ def predict_returns(
             "device": torch_device.type,
         }
     )
-    written = upsert(engine, "predictions", frame, flow_run_id=str(flow_run.id or "") or None)
+    written = upsert(engine, "predictions", frame, flow_run_id=flow_run.id)
 
     result = {
         "market": market,

@@ -30,14 +30,13 @@ def checkpoint_bytes(
     train_range: tuple,
     val_range: tuple,
     metrics: dict,
-    feature_spec: dict | None = None,
 ) -> bytes:
     """Serialise weights with everything needed to use them; no timestamps, so same in, same out."""
     state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     payload = {
         "state_dict": state,
         "config": asdict(config),
-        "feature_spec": feature_spec or FEATURE_SPEC,
+        "feature_spec": FEATURE_SPEC,
         "window": WINDOW,
         "normaliser": normaliser.to_dict(),
         "market": market,

@@ -18,16 +18,14 @@ PROMOTION_ALPHA = 0.05
 MIN_VALIDATION_DATES = 20
 
 
-def diebold_mariano(loss: np.ndarray, baseline_loss: np.ndarray, dates=None) -> dict:
+def diebold_mariano(loss: np.ndarray, baseline_loss: np.ndarray, dates: np.ndarray) -> dict:
     """One-sided Diebold-Mariano test that loss is below baseline_loss on average.
 
     Symbols on the same date share the market's move, so the loss differential is averaged
     per date first and the test runs over dates (one-step forecasts: no autocorrelation
     correction). Small p_value: the model's edge is unlikely to be noise.
     """
-    diff = loss - baseline_loss
-    if dates is not None:
-        diff = pd.Series(diff).groupby(np.asarray(dates)).mean().to_numpy()
+    diff = pd.Series(loss - baseline_loss).groupby(np.asarray(dates)).mean().to_numpy()
     n = len(diff)
     mean = float(np.mean(diff)) if n else 0.0
     sd = float(np.std(diff, ddof=1)) if n > 1 else 0.0
@@ -46,9 +44,11 @@ def diebold_mariano(loss: np.ndarray, baseline_loss: np.ndarray, dates=None) -> 
 
 
 def evaluate(
-    predicted: np.ndarray, realised: np.ndarray, yesterday: np.ndarray, dates=None
+    predicted: np.ndarray, realised: np.ndarray, yesterday: np.ndarray, dates: np.ndarray
 ) -> dict:
     """Validation metrics of the model beside the zero-return and yesterday's-return baselines.
+
+    dates: each sample's target date, over which the Diebold-Mariano test runs.
 
     beats_baselines: the model's MSE is lower than both and significantly so (Diebold-Mariano,
     PROMOTION_ALPHA, over at least MIN_VALIDATION_DATES dates).

@@ -12,14 +12,15 @@ def test_baselines_decide_whether_the_model_beats_them():
     rng = np.random.default_rng(3)
     realised = rng.normal(0, 0.015, 60)
     yesterday = np.concatenate([[0.0], realised[:-1]])
-    good = evaluation.evaluate(realised * 0.5 + rng.normal(0, 0.002, 60), realised, yesterday)
+    days = np.arange(60)  # one symbol: a sample per date
+    good = evaluation.evaluate(realised * 0.5 + rng.normal(0, 0.002, 60), realised, yesterday, days)
     assert good["beats_baselines"], evaluation.promotion_reason(good)
     assert good["zero_return"]["mse"] == pytest.approx(np.mean(realised**2))
     assert good["yesterday_return"]["mse"] == pytest.approx(np.mean((realised - yesterday) ** 2))
     assert good["zero_return"]["hit_rate"] is None  # zero calls no direction
-    bad = evaluation.evaluate(-realised, realised, yesterday)
+    bad = evaluation.evaluate(-realised, realised, yesterday, days)
     assert not bad["beats_baselines"]
-    few = evaluation.evaluate(realised[:10] * 0.5, realised[:10], yesterday[:10])
+    few = evaluation.evaluate(realised[:10] * 0.5, realised[:10], yesterday[:10], days[:10])
     assert not few["beats_baselines"] and "too few dates" in evaluation.promotion_reason(few)
 
 
