@@ -8,7 +8,7 @@ poll interval as `make up`, then, in one run:
   Failed state's time -> the webhook stand-in receives the alert (failure_to_alert), and the
   CLI call -> Running (run_to_start);
 - 3 `prefect deployment run macro` runs without a FRED key: the run's start -> the alert
-  (missing_key_start_to_alert; the issue's target is under 30 s).
+  (missing_key_start_to_alert; README, Alerts and automations, quotes it).
 Writes bench/results/alerts.json.
 """
 

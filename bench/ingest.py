@@ -81,8 +81,8 @@ def child_naive(db_url: str) -> None:
     import sqlalchemy as sa
     import yfinance as yf
 
+    from tasks.market.yahoo import reset_yfinance, yahoo_session
     from tasks.settings import get_settings
-    from tasks.yahoo import reset_yfinance, yahoo_session
 
     settings = get_settings()
     ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None

@@ -11,25 +11,27 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from tasks.fred import (
+from tasks.freshness import emit_freshness, macro_facts, macro_newest
+from tasks.limits import ensure_rate_limit
+from tasks.macro.fred import (
     DEFAULT_SERIES,
     FredKeyError,
     build_client,
-    clean_series_ids,
     fetch_info,
     fetch_observations,
     fetch_vintages,
     is_transient,
-    new_vintages,
     read_vintages,
     resolve_api_key,
-    revision_history,
     scrub,
+)
+from tasks.macro.series import (
+    clean_series_ids,
+    new_vintages,
+    revision_history,
     with_realtime_start,
 )
-from tasks.freshness import emit_freshness, macro_facts, macro_newest
-from tasks.limits import ensure_rate_limit
-from tasks.macro_store import StoredSeries, needs_fetch, read_stored, write_series
+from tasks.macro.storage import StoredSeries, needs_fetch, read_stored, write_series
 from tasks.params import PastDate, Ratio, Seconds, SeriesId
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
@@ -54,7 +56,7 @@ def retry_transient(task, task_run, state) -> bool:
 
 
 # No cache: the client holds the key, and its inputs must never be hashed or stored. Two
-# retries (DESIGN.md's budget), backing off exponentially with jitter.
+# retries (README, Retries, timeouts and parameters), backing off exponentially with jitter.
 @task(
     task_run_name="ingest-{series_id}",
     cache_policy=NO_CACHE,

@@ -15,12 +15,12 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.freshness import emit_freshness, freshness
 from tasks.ledger import record_flags
 from tasks.limits import ensure_rate_limit
-from tasks.params import AtLeastOne, NonNegative, PastDate, Ratio, Seconds, Symbol
-from tasks.price_writes import (
+from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
+from tasks.market.quality import Issue, stale_symbols
+from tasks.market.writes import (
     Rebase,
     SymbolReport,
     follow_rebases,
@@ -28,10 +28,10 @@ from tasks.price_writes import (
     run_id,
     write_chunk,
 )
-from tasks.quality import Issue, stale_symbols
+from tasks.market.yahoo import YahooThrottled, fetch_chunk
+from tasks.params import AtLeastOne, NonNegative, PastDate, Ratio, Seconds, Symbol
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings, latest_dates
-from tasks.yahoo import YahooThrottled, fetch_chunk
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
@@ -42,8 +42,8 @@ class TooManyFailures(RuntimeError):
 
 
 # No flow retries: a deterministic error (bad parameter, refused symbol) would only repeat, and
-# a transient one is retried by the task where it happens (tasks/yahoo.py). 30 minutes bound
-# a full universe at Yahoo's polite rate (DESIGN.md).
+# a transient one is retried by the task where it happens (tasks/market/yahoo.py). 30 minutes bound
+# a full universe at Yahoo's polite rate (README, The jobs: Prices).
 @flow(name="us-prices", timeout_seconds=1800)
 def ingest_us_prices(
     symbols: list[Symbol] | None = None,

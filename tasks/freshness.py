@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks.calendars import MARKETS, Market, last_closed_session, market_of, sessions_between
+from tasks.market.calendars import MARKETS, Market, last_closed_session, market_of, sessions_between
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def market_freshness(newest: dict[str, dt.date], now: dt.datetime) -> list[Fresh
     return report
 
 
-# DESIGN.md: data less than one day behind the last trading session. One session of slack
+# Fresh means less than one day behind the last trading session. One session of slack
 # covers the run that is about to bring it.
 MAX_SESSIONS_BEHIND = 1
 

@@ -7,8 +7,8 @@ import datetime as dt
 import sqlalchemy as sa
 
 from tasks import schema
-from tasks.calendars import MARKETS, last_closed_session
 from tasks.freshness import freshness, macro_facts, macro_newest
+from tasks.market.calendars import MARKETS, last_closed_session
 
 
 def _aware(moment):
@@ -88,7 +88,7 @@ def promoted_models(engine: sa.Engine) -> list[dict]:
 
 
 def open_quality_flags(engine: sa.Engine, limit: int = 20) -> list[dict] | None:
-    """Rows of the quality_flags table (issue 13's), or None where the store has none yet."""
+    """Rows of quality_flags (tasks/ledger.py writes them), or None where the store has none."""
     if not sa.inspect(engine).has_table("quality_flags"):
         return None
     table = sa.Table("quality_flags", sa.MetaData(), autoload_with=engine)

@@ -6,7 +6,7 @@ import datetime as dt
 
 from sqlalchemy.engine import Connection
 
-from tasks.quality import Issue
+from tasks.market.quality import Issue
 from tasks.schema import price_rebases, quality_flags
 from tasks.sql import insert_new
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -11,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tasks.logs import run_logger
 from tasks.redact import known_secrets, redact
 from tasks.settings import Settings, get_settings
 
@@ -71,7 +71,7 @@ def send_alert(
     Alerts with the same key (default: the title) are coalesced; urgent ones always go out.
     Delivery problems are logged, not raised, unless raise_on_failure is set.
     """
-    log = _logger()
+    log = run_logger(__name__)
     send, held = (limiter or _LIMITER).admit(key or title, urgent)
     if not send:
         log.info("Alert %r held back by the rate limiter", title)
@@ -95,7 +95,9 @@ def _deliver(title: str, message: str, settings: Settings) -> None:
     if block is None and settings.alert_webhook_url is not None:
         block = block_for_url(settings.alert_webhook_url.get_secret_value())
     if block is None:
-        _logger().info("No alert channel configured; alert %r only logged: %s", title, message)
+        run_logger(__name__).info(
+            "No alert channel configured; alert %r only logged: %s", title, message
+        )
         return
     if isinstance(block, str):
         post_json(block, title, message, settings.http_timeout_s)
@@ -146,13 +148,3 @@ def post_json(url: str, title: str, message: str, timeout_s: float) -> None:
     if response.status_code >= 300:
         # never echo the URL: for Discord and Slack it is the credential
         raise RuntimeError(f"webhook answered HTTP {response.status_code}")
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tasks import schema
-from tasks.calendars import market_of
+from tasks.market.calendars import market_of
 from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
 from tasks.models.model import ModelError
 

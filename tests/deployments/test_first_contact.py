@@ -98,7 +98,7 @@ def stalled_source():
         for _ in range(20):
             address = "127.{}.{}.{}".format(*random.choices(range(2, 250), k=3))
             try:
-                sock.bind((address, 443))  # Yahoo is reached on 443 (tasks.yahoo)
+                sock.bind((address, 443))  # Yahoo is reached on 443 (tasks.market.yahoo)
                 break
             except OSError:
                 continue

@@ -12,8 +12,8 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from tasks.calendars import market_of, trading_calendar
-from tasks.yahoo import YAHOO_HOSTS
+from tasks.market.calendars import market_of, trading_calendar
+from tasks.market.yahoo import YAHOO_HOSTS
 from tests.fakes.base import FakeServer, Request, Response
 from tests.fakes.tls import server_context
 
@@ -35,7 +35,7 @@ class FakeYahoo(FakeServer):
 
     It serves HTTPS on port 443 of an address of its own in 127.0.0.0/8, with a certificate
     for Yahoo's names from a throwaway CA: yfinance reaches it through its own curl_cffi
-    session, only resolved there (see tasks.yahoo.resolve_entries). Give the flows `env()`.
+    session, only resolved there (see tasks.market.yahoo.resolve_entries). Give the flows `env()`.
     Every symbol trades on its market's real calendar (exchange-calendars), so holidays match.
     Script faults with fail(match, status, body, times, delay_s), or per symbol with the sets
     delisted, empty and malformed. Events: `splits[symbol] = {date: (num, den)}` and

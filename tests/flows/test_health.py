@@ -12,7 +12,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.health import ARTIFACT_KEY, health_page
 from tasks import schema
-from tasks.calendars import MARKETS, last_closed_session
+from tasks.market.calendars import MARKETS, last_closed_session
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
 from flows.prices import TooManyFailures, ingest_kr_prices, ingest_us_prices
-from tasks.yahoo import YahooThrottled
+from tasks.market.yahoo import YahooThrottled
 
 pytestmark = pytest.mark.integration
 

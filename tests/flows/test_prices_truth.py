@@ -168,8 +168,8 @@ def test_a_connection_killed_mid_chunk_then_a_rerun_equals_a_clean_run(yahoo, pg
 
 
 def test_a_symbol_whose_every_row_is_refused_fails_the_run(yahoo, pg_engine):
-    # Refused before any work now: the flow's signature declares the symbol pattern (issue 14),
-    # and the error names the parameter.
+    # Refused before any work now: the flow's signature declares the symbol pattern
+    # (tasks/params.py), and the error names the parameter.
     with pytest.raises(Exception, match="symbols"):
         us(symbols=["BAD!"], start=D(2024, 6, 3), as_of=FRI)
     assert rows(pg_engine, "SELECT count(*) FROM daily_prices") == [(0,)]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.fred import resolve_api_key
+from tasks.macro.fred import resolve_api_key
 from tasks.settings import MissingSetting, Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from tasks.calendars import (
+from tasks.market.calendars import (
     MARKETS,
     last_closed_session,
     lookback_start,

@@ -1,31 +1,25 @@
-"""tasks.yahoo: the real yfinance 1.7 against the local stand-in, and the pure parsers."""
+"""tasks.market.yahoo: the real yfinance 1.7 and its curl_cffi transport against a stand-in."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-import pandas as pd
 import pytest
-import yfinance as yf
 from curl_cffi import requests as curl_requests
 from yfinance._http import new_session
 from yfinance.exceptions import YFPricesMissingError, YFRateLimitError
 
-from tasks.quality import check_prices, stale_symbols
-from tasks.yahoo import (
+from tasks.market.frames import to_frames
+from tasks.market.yahoo import (
     YAHOO_HOSTS,
-    History,
     YahooServerError,
     describe_error,
-    download_to_long,
-    drop_empty_rows,
     fetch_history,
     fetch_symbol,
     is_throttle,
     is_transient,
     reset_yfinance,
     resolve_entries,
-    to_frames,
     yahoo_session,
 )
 from tests.fakes.yahoo import CRUMB, FakeYahoo
@@ -153,7 +147,7 @@ def test_a_503_that_persists_fails_the_symbol_as_a_server_error(fake):
     fake.fail("/v8/finance/chart/KO", 503, "<html>Service Unavailable</html>", times=100)
     with pytest.raises(YahooServerError, match="HTTP 503"):
         fetch(fake, "KO")
-    assert len(fake.chart_requests("KO")) == 3  # DESIGN.md's 2 retries
+    assert len(fake.chart_requests("KO")) == 3  # the first try and its 2 retries
 
 
 def test_a_stalled_response_times_out_and_is_retried(fake):
@@ -188,133 +182,3 @@ def test_transport_errors_are_curl_cffis_and_count_as_transient(fake):
     with pytest.raises(curl_requests.exceptions.Timeout) as stalled:
         get(fake, "KO", timeout_s=0.5)
     assert is_transient(reset.value) and is_transient(stalled.value)
-
-
-def test_mixed_market_download_drops_the_other_markets_holidays(fake):
-    # 2024-09-16..18 is Chuseok in Seoul, and New York trades; 2024-06-19 the other way round.
-    wide = yf.download(
-        ["AAPL", "005930.KS"],
-        start="2024-06-17",
-        end="2024-09-20",
-        auto_adjust=False,
-        actions=True,
-        session=fake.session,
-        progress=False,
-        threads=False,
-    )
-    assert wide.xs("AAPL", axis=1, level="Ticker").isna().all(axis=1).any()
-    long = download_to_long(wide)
-    assert long[["open", "close"]].notna().all().all()
-    kr_days = set(long.loc[long.symbol == "005930.KS", "trade_date"])
-    us_days = set(long.loc[long.symbol == "AAPL", "trade_date"])
-    assert dt.date(2024, 9, 16) in us_days and dt.date(2024, 9, 16) not in kr_days
-    assert dt.date(2024, 6, 19) in kr_days and dt.date(2024, 6, 19) not in us_days
-
-
-# ---------------------------------------------------------------------------- pure
-
-
-def test_to_frames_from_a_small_table():
-    index = pd.DatetimeIndex(["2024-06-06", "2024-06-07"]).tz_localize(NY)
-    frame = pd.DataFrame(
-        {
-            "Open": [10.0, 11.0],
-            "High": [11.0, 12.0],
-            "Low": [9.5, 10.5],
-            "Close": [10.5, 11.5],
-            "Adj Close": [10.4, 11.5],
-            "Volume": [100, 200],
-            "Dividends": [0.0, 0.1],
-            "Stock Splits": [0.0, 0.0],
-        },
-        index=index,
-    )
-    frames = to_frames([History("KO", frame, "USD", NY)], "US", "USD")
-    assert frames.prices.to_dict("records")[1] == {
-        "trade_date": dt.date(2024, 6, 7),
-        "symbol": "KO",
-        "open": 11.0,
-        "high": 12.0,
-        "low": 10.5,
-        "close": 11.5,
-        "adj_close": 11.5,
-        "volume": 200,
-        "currency": "USD",
-        "source": "yahoo",
-    }
-    assert frames.actions.to_dict("records") == [
-        {
-            "symbol": "KO",
-            "action_date": dt.date(2024, 6, 7),
-            "action_type": "dividend",
-            "value": 0.1,
-            "source": "yahoo",
-        }
-    ]
-
-
-def test_to_frames_converts_a_chunk_at_once_and_leaves_out_unpriced_symbols():
-    index = pd.DatetimeIndex(["2024-06-06", "2024-06-07"]).tz_localize(NY)
-    priced = pd.DataFrame({"Close": [10.5, 11.5], "Volume": [100, 200]}, index=index)
-    unpriced = pd.DataFrame({"Close": [None, None], "Volume": [0, 0]}, index=index)
-    split = pd.DataFrame({"Close": [5.0], "Volume": [7], "Stock Splits": [2.0]}, index=index[:1])
-    frames = to_frames(
-        [
-            History("KO", priced, None, NY),
-            History("GONE", unpriced, "USD", NY),
-            History("SPLT", split, "USD", NY),
-        ],
-        "US",
-        "USD",
-    )
-    assert frames.prices[["symbol", "trade_date", "close"]].values.tolist() == [
-        ["KO", dt.date(2024, 6, 6), 10.5],
-        ["KO", dt.date(2024, 6, 7), 11.5],
-        ["SPLT", dt.date(2024, 6, 6), 5.0],
-    ]
-    assert [i["symbol"] for i in frames.instruments] == ["KO", "SPLT"]
-    assert frames.actions[["symbol", "action_type", "value"]].values.tolist() == [
-        ["SPLT", "split", 2.0]
-    ]
-
-
-def test_drop_empty_rows_keeps_partly_priced_rows():
-    frame = pd.DataFrame({"open": [1.0, None, None], "close": [1.0, None, 2.0]})
-    assert drop_empty_rows(frame).index.tolist() == [0, 2]
-
-
-def test_quality_flags_ohlc_duplicates_zero_volume_and_unexplained_jumps():
-    d = [dt.date(2024, 6, i) for i in (3, 4, 5, 6, 6)]
-    prices = pd.DataFrame(
-        {
-            "symbol": ["X"] * 5,
-            "trade_date": d,
-            "open": [10.0, 10.0, 10.0, 25.0, 25.0],
-            "high": [11.0, 10.5, 10.5, 26.0, 26.0],
-            "low": [9.0, 9.5, 9.5, 24.0, 24.0],
-            "close": [10.0, 11.0, 10.0, 25.0, 25.0],  # Jun 4: close above high
-            "volume": [100, 100, 0, 100, 100],
-        }
-    )
-    clean, issues = check_prices(
-        prices, pd.DataFrame(columns=["symbol", "action_date", "action_type"])
-    )
-    assert len(clean) == 4
-    assert sorted((i.date.day, i.kind) for i in issues) == [
-        (4, "ohlc"),
-        (5, "zero_volume"),
-        (6, "duplicate"),
-        (6, "price_jump"),
-    ]
-    split = pd.DataFrame(
-        {"symbol": ["X"], "action_date": [dt.date(2024, 6, 6)], "action_type": ["split"]}
-    )
-    assert "price_jump" not in {i.kind for i in check_prices(prices, split)[1]}
-
-
-def test_stale_symbols_are_those_behind_the_last_session():
-    latest = {"A": dt.date(2024, 6, 14), "B": dt.date(2024, 6, 13)}
-    assert stale_symbols(latest, ["A", "B", "C"], dt.date(2024, 6, 14)) == {
-        "B": dt.date(2024, 6, 13),
-        "C": None,
-    }

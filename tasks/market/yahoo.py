@@ -7,12 +7,10 @@ import random
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import numpy as np
-import pandas as pd
 from curl_cffi import CurlOpt
 from curl_cffi import requests as curl_requests
 from curl_cffi.requests.exceptions import ConnectionError as CurlConnectionError
@@ -22,19 +20,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 
-from tasks.calendars import Fetch, Market
 from tasks.limits import polite, slot_blocks
+from tasks.market.calendars import Fetch, Market
+from tasks.market.frames import Frames, History, to_frames
 
 YAHOO_DEFAULT_URL = "https://query2.finance.yahoo.com"
-SOURCE = "yahoo"
-PRICE_COLUMNS = {
-    "Open": "open",
-    "High": "high",
-    "Low": "low",
-    "Close": "close",
-    "Adj Close": "adj_close",
-    "Volume": "volume",
-}
 
 
 class YahooServerError(RuntimeError):
@@ -116,16 +106,6 @@ def reset_yfinance(session: YahooSession) -> None:
 # ---------------------------------------------------------------------------- fetch
 
 
-@dataclass
-class History:
-    """One symbol's download: yfinance's frame and the metadata that came with it."""
-
-    symbol: str
-    frame: pd.DataFrame
-    currency: str | None
-    exchange_tz: str | None
-
-
 def fetch_history(
     symbol: str,
     start,
@@ -194,8 +174,8 @@ def retry_transient(task, task_run, state) -> bool:
     return retry_worthy(state.result(raise_on_failure=False))
 
 
-# DESIGN.md's 2 retries, backing off exponentially (2 s, 4 s by default) with jitter; the
-# delays follow the run's backoff_s (see fetch_chunk).
+# Two retries per symbol (README: Retries, timeouts and parameters), backing off exponentially
+# (2 s, 4 s by default) with jitter; the delays follow the run's backoff_s (see fetch_chunk).
 @task(
     name="fetch-symbol",
     task_run_name="fetch-{symbol}",
@@ -220,89 +200,6 @@ def fetch_symbol(
     if rate_limit:
         polite(rate_limit)
     return fetch_history(symbol, start, end, tz, yahoo_session(base_url, ca_bundle), timeout_s)
-
-
-# ---------------------------------------------------------------------------- parse
-
-
-@dataclass
-class Frames:
-    """Rows ready for the store from one or more symbols."""
-
-    prices: pd.DataFrame
-    actions: pd.DataFrame
-    instruments: list[dict] = field(default_factory=list)
-
-
-def to_frames(histories: list[History], market: str, currency: str) -> Frames:
-    """Turn yfinance's frames into daily_prices and corporate_actions rows (pure).
-
-    All of a chunk's symbols at once: pandas costs about as much per call on five rows as on
-    five thousand, so a daily run's symbol-at-a-time conversion cost more than its data."""
-    kept = [h for h in histories if h.frame is not None and not h.frame.empty]
-    if not kept:
-        empty = pd.DataFrame(columns=["symbol", "trade_date"])
-        return Frames(empty, pd.DataFrame(columns=["symbol", "action_date"]))
-    lengths = [len(h.frame) for h in kept]
-    df = pd.concat([h.frame for h in kept], ignore_index=True)
-    df["symbol"] = np.repeat([h.symbol for h in kept], lengths)
-    df["trade_date"] = np.concatenate([h.frame.index.date for h in kept])
-    df["currency"] = np.repeat([h.currency or currency for h in kept], lengths)
-    priced = [old for old in PRICE_COLUMNS if old in df.columns]
-    prices = drop_empty_rows(
-        df[["symbol", "trade_date", *priced, "currency"]].rename(columns=PRICE_COLUMNS)
-    ).reset_index(drop=True)
-    prices["source"] = SOURCE
-    actions = []
-    for column, kind in (("Dividends", "dividend"), ("Stock Splits", "split")):
-        if column in df.columns:
-            hit = (df[column].fillna(0) != 0).to_numpy()
-            actions.append(
-                pd.DataFrame(
-                    {
-                        "symbol": df["symbol"].to_numpy()[hit],
-                        "action_date": df["trade_date"].to_numpy()[hit],
-                        "action_type": kind,
-                        "value": df[column].to_numpy(dtype=float)[hit],
-                        "source": SOURCE,
-                    }
-                )
-            )
-    present = set(prices["symbol"])
-    instruments = [
-        {
-            "symbol": h.symbol,
-            "market": market,
-            "currency": h.currency or currency,
-            "exchange_tz": h.exchange_tz,
-        }
-        for h in kept
-        if h.symbol in present
-    ]
-    actions_frame = pd.concat(actions, ignore_index=True) if actions else pd.DataFrame()
-    if not actions_frame.empty:
-        actions_frame = actions_frame[actions_frame["symbol"].isin(present)]
-    return Frames(prices, actions_frame.reset_index(drop=True), instruments)
-
-
-def drop_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Drop rows where every price is missing: the other market's holidays in a mixed download."""
-    priced = [c for c in frame.columns if c in ("open", "high", "low", "close", "adj_close")]
-    if not priced:
-        return frame
-    return frame[frame[priced].notna().any(axis=1)]
-
-
-def download_to_long(wide: pd.DataFrame) -> pd.DataFrame:
-    """A yf.download (group_by='column') frame to one row per symbol and date, empty rows gone."""
-    if wide.empty:
-        return pd.DataFrame(columns=["symbol", "trade_date"])
-    long = wide.stack(level="Ticker", future_stack=True).rename(columns=PRICE_COLUMNS)
-    long.index = long.index.set_names(["trade_date", "symbol"])
-    long = drop_empty_rows(long.reset_index())
-    long["trade_date"] = pd.to_datetime(long["trade_date"]).dt.date
-    keep = ["symbol", "trade_date", *[c for c in PRICE_COLUMNS.values() if c in long.columns]]
-    return long[keep].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------- task
@@ -333,7 +230,7 @@ def fetch_chunk(
     reset_yfinance(session)
     # The first attempt runs bare, its slot taken in a block below: a task run per symbol
     # costs more API traffic than the request itself. What is worth retrying goes to the
-    # fetch-symbol task, whose Prefect retries make up the rest of DESIGN.md's 2 retries.
+    # fetch-symbol task, whose Prefect retries make up the rest of its two retries.
     retry = fetch_symbol.with_options(retries=1, retry_delay_seconds=[2 * backoff_s])
 
     def one(plan: Fetch) -> History:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tasks.ledger import record_flags
-from tasks.quality import Issue
+from tasks.market.quality import Issue
 from tasks.schema import macro_observations, macro_series, macro_vintages
 from tasks.store import UpsertResult, write_frame
 

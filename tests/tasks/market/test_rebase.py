@@ -1,4 +1,4 @@
-"""tasks.rebase and the calendar/adjustment checks of tasks.quality, on small tables."""
+"""tasks.market.rebase and the calendar and adjustment checks of quality, on small tables."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import datetime as dt
 
 import pandas as pd
 
-from tasks.quality import calendar_issues, check_prices
-from tasks.rebase import find_rebases
+from tasks.market.quality import calendar_issues, check_prices
+from tasks.market.rebase import find_rebases
 
 D = dt.date
 DAYS = [D(2024, 6, 10), D(2024, 6, 11), D(2024, 6, 12)]

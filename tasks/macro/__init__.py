@@ -1,0 +1,1 @@
+"""US macro series: FRED (fredapi) with revisions and vintages, and their storage."""

@@ -1,0 +1,1 @@
+"""Daily stock prices: Yahoo (yfinance), exchange calendars, quality checks, re-bases, writes."""

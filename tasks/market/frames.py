@@ -1,0 +1,97 @@
+"""yfinance's frames to store rows: daily_prices, corporate_actions and instruments (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+SOURCE = "yahoo"
+# yfinance's column names and ours in daily_prices.
+YFINANCE_COLUMNS = {
+    "Open": "open",
+    "High": "high",
+    "Low": "low",
+    "Close": "close",
+    "Adj Close": "adj_close",
+    "Volume": "volume",
+}
+
+
+@dataclass
+class History:
+    """One symbol's download: yfinance's frame and the metadata that came with it."""
+
+    symbol: str
+    frame: pd.DataFrame
+    currency: str | None
+    exchange_tz: str | None
+
+
+@dataclass
+class Frames:
+    """Rows ready for the store from one or more symbols."""
+
+    prices: pd.DataFrame
+    actions: pd.DataFrame
+    instruments: list[dict] = field(default_factory=list)
+
+
+def to_frames(histories: list[History], market: str, currency: str) -> Frames:
+    """Turn yfinance's frames into daily_prices and corporate_actions rows (pure).
+
+    All of a chunk's symbols at once: pandas costs about as much per call on five rows as on
+    five thousand, so a daily run's symbol-at-a-time conversion cost more than its data."""
+    kept = [h for h in histories if h.frame is not None and not h.frame.empty]
+    if not kept:
+        empty = pd.DataFrame(columns=["symbol", "trade_date"])
+        return Frames(empty, pd.DataFrame(columns=["symbol", "action_date"]))
+    lengths = [len(h.frame) for h in kept]
+    df = pd.concat([h.frame for h in kept], ignore_index=True)
+    df["symbol"] = np.repeat([h.symbol for h in kept], lengths)
+    df["trade_date"] = np.concatenate([h.frame.index.date for h in kept])
+    df["currency"] = np.repeat([h.currency or currency for h in kept], lengths)
+    priced = [old for old in YFINANCE_COLUMNS if old in df.columns]
+    prices = drop_empty_rows(
+        df[["symbol", "trade_date", *priced, "currency"]].rename(columns=YFINANCE_COLUMNS)
+    ).reset_index(drop=True)
+    prices["source"] = SOURCE
+    actions = []
+    for column, kind in (("Dividends", "dividend"), ("Stock Splits", "split")):
+        if column in df.columns:
+            hit = (df[column].fillna(0) != 0).to_numpy()
+            actions.append(
+                pd.DataFrame(
+                    {
+                        "symbol": df["symbol"].to_numpy()[hit],
+                        "action_date": df["trade_date"].to_numpy()[hit],
+                        "action_type": kind,
+                        "value": df[column].to_numpy(dtype=float)[hit],
+                        "source": SOURCE,
+                    }
+                )
+            )
+    present = set(prices["symbol"])
+    instruments = [
+        {
+            "symbol": h.symbol,
+            "market": market,
+            "currency": h.currency or currency,
+            "exchange_tz": h.exchange_tz,
+        }
+        for h in kept
+        if h.symbol in present
+    ]
+    actions_frame = pd.concat(actions, ignore_index=True) if actions else pd.DataFrame()
+    if not actions_frame.empty:
+        actions_frame = actions_frame[actions_frame["symbol"].isin(present)]
+    return Frames(prices, actions_frame.reset_index(drop=True), instruments)
+
+
+def drop_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Drop rows where every price is missing: the other market's holidays in a mixed download."""
+    priced = [c for c in frame.columns if c in ("open", "high", "low", "close", "adj_close")]
+    if not priced:
+        return frame
+    return frame[frame[priced].notna().any(axis=1)]
