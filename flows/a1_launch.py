@@ -11,19 +11,8 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.loading import load_block
 from blocks.oci import OciCredentials
-from tasks.launch_state import (
-    LaunchState,
-    Pacing,
-    after_refusal,
-    clear_state,
-    interval_wait,
-    load_state,
-    retry_token,
-    save_state,
-    throttle_wait,
-)
 from tasks.notify import send_alert
-from tasks.oci import (
+from tasks.oci.client import (
     FATAL,
     LIMIT,
     Failure,
@@ -35,6 +24,17 @@ from tasks.oci import (
     limit_persists,
     list_availability_domains,
     try_launch,
+)
+from tasks.oci.state import (
+    LaunchState,
+    Pacing,
+    after_refusal,
+    clear_state,
+    interval_wait,
+    load_state,
+    retry_token,
+    save_state,
+    throttle_wait,
 )
 from tasks.settings import get_settings
 

@@ -22,8 +22,8 @@ from pydantic import SecretStr
 import tasks.notify
 from blocks.oci import OciCredentials
 from flows.a1_launch import launch_a1_instance
-from tasks.launch_state import load_state
 from tasks.notify import AlertLimiter
+from tasks.oci.state import load_state
 from tasks.settings import PROJECT_ROOT
 from tests.fakes.oci import ADS, FakeClock, FakeOci, make_api_key
 from tests.fakes.webhook import FakeWebhook

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from prefect.variables import Variable
 
-# 429s back off from 900 s, doubling, up to 3600 s, plus up to 120 s of jitter (DESIGN.md).
+# 429s back off from 900 s, doubling, up to 3600 s, plus up to 120 s of jitter so that clients
+# throttled together do not retry together (README.md, "A1.Flex launch").
 THROTTLE_BASE_S = 900.0
 THROTTLE_MAX_S = 3600.0
 THROTTLE_JITTER_S = 120.0
@@ -104,7 +105,7 @@ class Pacing:
 def after_refusal(
     state: LaunchState, kind: str, ad: str, n_ads: int, pacing: Pacing, rng=None
 ) -> float:
-    """Advance the campaign after a retryable refusal (see tasks.oci.classify); return the wait."""
+    """Advance the campaign after a retryable refusal (kinds: client.classify); return the wait."""
     if kind != "throttle":
         state.throttle_streak = 0
     if kind != "limit":
