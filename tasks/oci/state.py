@@ -101,6 +101,16 @@ class Pacing:
     throttle_max_s: float = THROTTLE_MAX_S
     throttle_jitter_s: float = THROTTLE_JITTER_S
 
+    def interval(self, rng=None) -> float:
+        """The pause after a capacity round (or a lagging limit counter, or a gateway error)."""
+        return interval_wait(self.retry_interval_s, self.retry_jitter_s, rng)
+
+    def throttle(self, streak: int, rng=None) -> float:
+        """The backoff after the streak-th 429 in a row."""
+        return throttle_wait(
+            streak, self.throttle_base_s, self.throttle_max_s, self.throttle_jitter_s, rng
+        )
+
 
 def after_refusal(
     state: LaunchState, kind: str, ad: str, n_ads: int, pacing: Pacing, rng=None
@@ -113,23 +123,17 @@ def after_refusal(
     if kind == "transient":
         # keep the token and the AD: the request may have gone through, and OCI answers a
         # replayed token with the instance it already made instead of making a second one
-        return interval_wait(pacing.retry_interval_s, pacing.retry_jitter_s, rng)
+        return pacing.interval(rng)
     state.pending_token = state.pending_ad = None
     if kind == "throttle":
         state.throttle_streak += 1
-        return throttle_wait(
-            state.throttle_streak,
-            pacing.throttle_base_s,
-            pacing.throttle_max_s,
-            pacing.throttle_jitter_s,
-            rng,
-        )
+        return pacing.throttle(state.throttle_streak, rng)
     if kind == "limit":
         # None of ours was listed, so OCI's limit counters are behind (they lag): the same
         # request can pass once they catch up. Pause as after a full capacity round.
         state.limit_streak += 1
         state.round_tried = 0
-        return interval_wait(pacing.retry_interval_s, pacing.retry_jitter_s, rng)
+        return pacing.interval(rng)
     if kind == "shape-missing":
         if ad not in state.dropped_ads:
             state.dropped_ads.append(ad)
@@ -140,4 +144,4 @@ def after_refusal(
     if state.round_tried < n_ads:
         return 0.0
     state.round_tried = 0
-    return interval_wait(pacing.retry_interval_s, pacing.retry_jitter_s, rng)
+    return pacing.interval(rng)
