@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 import tasks.notify
 from blocks.oci import OciCredentials
+from flows import a1_launch
 from flows.a1_launch import launch_a1_instance
 from tasks.notify import AlertLimiter
 from tasks.oci.state import load_state
@@ -73,18 +74,20 @@ def name():
 
 
 def launch(name, block, clock, **params):
-    return launch_a1_instance(
-        compartment_id=COMPARTMENT,
-        subnet_id="ocid1.subnet.oc1..s",
-        image_id="ocid1.image.oc1..i",
-        display_name=name,
-        ssh_public_key="ssh-ed25519 AAAAC3Nz test",
-        credentials_block=block,
-        clock=clock.time,
-        sleep=clock.sleep,
-        return_state=True,
-        **params,
-    )
+    """One run in this process, on the fake clock: its sleeps pass at once and are recorded."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(a1_launch, "now", clock.time)
+        patch.setattr(a1_launch, "sleep", clock.sleep)
+        return launch_a1_instance(
+            compartment_id=COMPARTMENT,
+            subnet_id="ocid1.subnet.oc1..s",
+            image_id="ocid1.image.oc1..i",
+            display_name=name,
+            ssh_public_key="ssh-ed25519 AAAAC3Nz test",
+            credentials_block=block,
+            return_state=True,
+            **params,
+        )
 
 
 def attempts_table(state) -> list[dict]:
@@ -395,3 +398,9 @@ def test_once_the_instance_exists_the_flow_pauses_its_own_deployment(
         result = run_flow(launch_a1_instance, flow_run=flow_run, parameters=parameters)
         assert result["status"] == "exists" and oci_fake.launches == 0
         assert client.read_deployment(deployment_id).paused is True
+
+
+def test_the_deployment_form_asks_for_no_clock_or_sleep():
+    # time comes from the module's now() and sleep(), which the tests above replace
+    assert {"clock", "sleep"}.isdisjoint(launch_a1_instance.parameters.properties)
+    assert "compartment_id" in launch_a1_instance.parameters.properties
