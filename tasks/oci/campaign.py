@@ -62,6 +62,8 @@ class Run:
 
 @dataclass(frozen=True)
 class Step:
+    """One move: the run after it, the action to take, and what to store and tell first."""
+
     run: Run
     action: Action
     save: bool = False  # store run.campaign before acting: it must outlive this run

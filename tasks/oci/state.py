@@ -58,7 +58,7 @@ def load_state(display_name: str) -> LaunchState:
 
 
 def save_state(display_name: str, state: LaunchState) -> None:
-    """Store the campaign; called before every wait and before every launch call."""
+    """Store the campaign: at its start, before each backoff, after a launch, on giving up."""
     Variable.set(variable_name(display_name), state.to_dict(), overwrite=True)
 
 
