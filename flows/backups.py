@@ -10,14 +10,14 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from tasks import backup_catalog as catalog
-from tasks import backup_files as bf
 from tasks import postgres, s3
 from tasks import redis as redis_backup
+from tasks.backups.files import BackupError, retained_sets, utcnow, verify_set
 from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
 
-verify_checksums = task(name="verify-checksums", cache_policy=NONE)(bf.verify_set)
+verify_checksums = task(name="verify-checksums", cache_policy=NONE)(verify_set)
 
 
 # Timeouts: the market store dumps in seconds to minutes on the data node; an hour means
@@ -92,7 +92,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
     root, engine = Path(settings.backup_dir), engine_from_settings(settings)
     rows, problems = [], []
 
-    for bset in bf.retained_sets(root):
+    for bset in retained_sets(root):
         problem = verify_checksums(bset)
         rows.append(
             {"check": "sha256", "file": str(bset.data.relative_to(root)), "result": problem or "ok"}
@@ -106,7 +106,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
                 None,
                 False,
                 {"error": problem},
-                bf.utcnow(),
+                utcnow(),
             )
 
     restores: list[tuple[str, Callable[[], dict]]] = []
@@ -119,7 +119,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
             restores.append((tdir.name, lambda d=tdir: redis_backup.verify_restore(d)))
 
     for label, restore in restores:
-        started = bf.utcnow()
+        started = utcnow()
         try:
             result = restore()
         except Exception as exc:  # noqa: BLE001 - every target is tried; the run fails below
@@ -143,7 +143,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
     ages = catalog.newest_verified(engine)
     catalog.publish("verify-backups", rows, _ages_text(ages))
     if problems:
-        raise bf.BackupError("backup verification failed:\n" + "\n".join(problems))
+        raise BackupError("backup verification failed:\n" + "\n".join(problems))
     logger.info("Verified %d files and %d restores", len(rows) - len(restores), len(restores))
     return rows
 
@@ -163,7 +163,7 @@ def _back_up_each(
     bucket = s3.load_bucket(offsite, settings.s3_endpoint_url)
     rows, failures = [], []
     for label, job in jobs.items():
-        started = bf.utcnow()
+        started = utcnow()
         try:
             stored = job(keep)
         except Exception as exc:  # noqa: BLE001 - recorded, and the run fails below
@@ -184,7 +184,7 @@ def _back_up_each(
         rows += catalog.file_rows(stored, remote)
     catalog.publish(f"backup-{kind}", rows, _ages_text(catalog.newest_verified(engine)))
     if failures:
-        raise bf.BackupError(
+        raise BackupError(
             f"{len(failures)} of {len(jobs)} {kind} backup(s) failed (older backups untouched):\n"
             + "\n".join(failures)
         )

@@ -11,7 +11,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from sqlalchemy.engine import Engine
 
-from tasks import backup_files as bf
+from tasks.backups.files import utcnow
+from tasks.backups.retention import StoredBackup
 from tasks.schema import backup_catalog as catalog
 
 
@@ -26,7 +27,7 @@ def record_backup(
     engine: Engine,
     kind: str,
     target: str,
-    stored: bf.StoredBackup,
+    stored: StoredBackup,
     remote_uris: dict[str, str] | None = None,
 ) -> None:
     """One row per tier the new backup landed in; rows of pruned files marked `pruned`."""
@@ -70,7 +71,7 @@ def mark_pruned(conn, kind: str, target: str, paths: list[Path], run_id: str | N
                     path=str(path),
                     tier=path.parent.name,
                     status="pruned",
-                    finished_at=bf.utcnow(),
+                    finished_at=utcnow(),
                     flow_run_id=run_id,
                 )
             )
@@ -88,7 +89,7 @@ def record_failure(
                 target=target,
                 status="failed",
                 started_at=started_at,
-                finished_at=bf.utcnow(),
+                finished_at=utcnow(),
                 detail={"error": error[:4000]},
                 flow_run_id=current_flow_run_id(),
             )
@@ -106,7 +107,7 @@ def record_verification(
     started_at: dt.datetime,
 ) -> None:
     """A verification row, and verified_at stamped on the backup rows of that file."""
-    now = bf.utcnow()
+    now = utcnow()
     with engine.begin() as conn:
         conn.execute(
             catalog.insert().values(
@@ -142,7 +143,7 @@ def newest_verified(engine: Engine) -> list[dict]:
         .where(catalog.c.kind == "verify", catalog.c.status == "verified")
         .group_by(catalog.c.target)
     )
-    now = bf.utcnow()
+    now = utcnow()
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     out = []
@@ -156,7 +157,7 @@ def newest_verified(engine: Engine) -> list[dict]:
     return out
 
 
-def file_rows(stored: bf.StoredBackup, remote: dict[str, str] | None = None) -> list[dict]:
+def file_rows(stored: StoredBackup, remote: dict[str, str] | None = None) -> list[dict]:
     """Artifact rows: the new files (kept) and the files retention removed (pruned)."""
     tdir = stored.backup.data.parent.parent
     rows = [

@@ -16,7 +16,21 @@ from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import SecretStr
 
-from tasks import backup_files as bf
+from tasks.backups.files import (
+    BackupError,
+    clear_partials,
+    ensure_free_space,
+    estimate_size,
+    fresh_data_path,
+    newest_complete,
+    partial_path,
+    read_manifest,
+    run_logger,
+    target_dir,
+    target_lock,
+    utcnow,
+)
+from tasks.backups.retention import StoredBackup, store_backup
 from tasks.redact import redact
 
 # How long a dump or restore waits for a table lock before it fails (and says so).
@@ -112,13 +126,13 @@ def resolve_targets(databases: list[str] | None, settings) -> list[PgTarget]:
         configured = _checked([PgTarget(SecretStr(store_url))], "INVESTFLOW_DATABASE_URL")
     if not databases:
         if not configured:
-            raise bf.BackupError(
+            raise BackupError(
                 "no PostgreSQL database to back up: set INVESTFLOW_BACKUP_DATABASE_URLS or "
                 "point INVESTFLOW_DATABASE_URL at PostgreSQL"
             )
         return configured
     if not configured:
-        raise bf.BackupError(
+        raise BackupError(
             f"databases {databases} are names on the configured server, but no PostgreSQL "
             "server is configured (INVESTFLOW_BACKUP_DATABASE_URLS or INVESTFLOW_DATABASE_URL)"
         )
@@ -135,7 +149,7 @@ def _checked(targets: list[PgTarget], setting: str) -> list[PgTarget]:
             target.params  # noqa: B018 - parsing is the check
         except ProgrammingError:
             # libpq's parse error repeats the whole string, password included.
-            raise bf.BackupError(
+            raise BackupError(
                 f"entry {number} of {setting} is not a valid PostgreSQL URL"
             ) from None
     return targets
@@ -157,7 +171,7 @@ def connect(target: PgTarget, **kwargs):
         return psycopg.connect(plain_url(target.url), connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         # psycopg's message names host and port, never the password.
-        raise bf.BackupError(f"cannot reach PostgreSQL {target.label}: {exc}".strip()) from None
+        raise BackupError(f"cannot reach PostgreSQL {target.label}: {exc}".strip()) from None
 
 
 def count_rows(conn) -> dict[str, int]:
@@ -228,7 +242,7 @@ def pg_dump(
     """
     import psycopg
 
-    started = bf.utcnow()
+    started = utcnow()
     with connect(target, autocommit=True) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -258,7 +272,7 @@ def pg_dump(
                 counts = count_rows(conn)
             except psycopg.errors.LockNotAvailable:
                 proc.wait()
-                raise bf.BackupError(
+                raise BackupError(
                     f"pg_dump of {target.label}: a table is locked by another session; gave "
                     f"up after the {int(lock_timeout_s)} s lock timeout"
                 ) from None
@@ -266,7 +280,7 @@ def pg_dump(
                 returncode = proc.wait()
             conn.execute("COMMIT")
             if returncode != 0:
-                raise bf.BackupError(
+                raise BackupError(
                     f"pg_dump of {target.label} failed (exit {returncode}): "
                     f"{_message(reader, tail, target.secrets) or 'no message'}"
                 )
@@ -278,7 +292,7 @@ def pg_dump(
         server_version=server_version,
         pg_dump_version=tool_version("pg_dump"),
         started_at=started,
-        finished_at=bf.utcnow(),
+        finished_at=utcnow(),
         snapshot=snapshot,
     )
 
@@ -292,20 +306,20 @@ def backup_database(
     now: dt.datetime | None = None,
     max_bytes: int | None = None,
     lock_timeout_s: int = LOCK_TIMEOUT_S,
-) -> bf.StoredBackup:
+) -> StoredBackup:
     """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
-    logger = bf.run_logger()
-    tdir = bf.target_dir(root, "postgres", target.dbname)
-    with bf.target_lock(tdir):
-        bf.clear_partials(tdir)
-        bf.ensure_free_space(tdir, bf.estimate_size(tdir))
-        final = bf.fresh_data_path(tdir, target.dbname, ".dump", now)
-        partial = bf.partial_path(final)
+    logger = run_logger()
+    tdir = target_dir(root, "postgres", target.dbname)
+    with target_lock(tdir):
+        clear_partials(tdir)
+        ensure_free_space(tdir, estimate_size(tdir))
+        final = fresh_data_path(tdir, target.dbname, ".dump", now)
+        partial = partial_path(final)
         logger.info("Dumping %s to %s", target.label, final)
         try:
             dump = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
         except OSError as exc:
-            raise bf.BackupError(f"pg_dump of {target.label} failed: {exc}") from None
+            raise BackupError(f"pg_dump of {target.label} failed: {exc}") from None
         manifest = {
             "kind": "postgres",
             "database": target.dbname,
@@ -317,7 +331,7 @@ def backup_database(
             "finished_at": dump.finished_at.isoformat(),
             "row_counts": dump.row_counts,
         }
-        stored = bf.store_backup(partial, final, manifest, tdir, keep)
+        stored = store_backup(partial, final, manifest, tdir, keep)
     logger.info(
         "Backed up %s: %s (%s bytes, sha256 %s); pruned %d",
         target.label,
@@ -354,7 +368,7 @@ def restore_counts(target: PgTarget, dump: Path) -> dict[str, int]:
         reader, tail = _drain(proc.stderr)
         rc = proc.wait()
         if rc != 0:
-            raise bf.BackupError(
+            raise BackupError(
                 f"pg_restore of {dump} failed (exit {rc}): "
                 f"{_message(reader, tail, target.secrets) or 'no message'}"
             )
@@ -378,18 +392,18 @@ def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str
 @task(name="verify-postgres-restore", tags=["backup"], cache_policy=NONE)
 def verify_restore(target: PgTarget, root: Path) -> dict:
     """Restore the newest dump of target into scratch and compare row counts with its manifest."""
-    tdir = bf.target_dir(root, "postgres", target.dbname)
-    newest = next((s for s in bf.list_sets(tdir, "daily") if s.complete), None)
+    tdir = target_dir(root, "postgres", target.dbname)
+    newest = newest_complete(tdir)
     if newest is None:
-        raise bf.BackupError(f"no complete PostgreSQL backup of {target.label} under {tdir}")
-    manifest = bf.read_manifest(newest.data)
+        raise BackupError(f"no complete PostgreSQL backup of {target.label} under {tdir}")
+    manifest = read_manifest(newest.data)
     restored = restore_counts(target, newest.data)
     diffs = compare_counts(manifest["row_counts"], restored)
     if diffs:
-        raise bf.BackupError(
+        raise BackupError(
             f"restore of {newest.data} does not match its manifest: " + "; ".join(diffs)
         )
-    bf.run_logger().info(
+    run_logger().info(
         "Restored %s: %d tables, %d rows, all match",
         newest.data.name,
         len(restored),

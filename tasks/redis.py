@@ -20,7 +20,21 @@ from prefect import task
 from prefect.cache_policies import NONE
 from pydantic import SecretStr
 
-from tasks import backup_files as bf
+from tasks.backups.files import (
+    BackupError,
+    clear_partials,
+    ensure_free_space,
+    estimate_size,
+    fresh_data_path,
+    newest_complete,
+    partial_path,
+    read_manifest,
+    run_logger,
+    target_dir,
+    target_lock,
+    utcnow,
+)
+from tasks.backups.retention import StoredBackup, store_backup
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -98,22 +112,22 @@ def bgsave_and_wait(
                 break
             except redis.ResponseError as exc:  # a save or AOF rewrite started just now
                 if "in progress" not in str(exc):
-                    raise bf.BackupError(f"BGSAVE refused: {exc}") from None
+                    raise BackupError(f"BGSAVE refused: {exc}") from None
         if clock() > deadline:
-            raise bf.BackupError("Redis kept a background save running; BGSAVE timed out")
+            raise BackupError("Redis kept a background save running; BGSAVE timed out")
         sleep(poll_s)
     while True:
         info = client.info("persistence")
         done = not info.get("rdb_bgsave_in_progress")
         if done and info.get("rdb_saves", 0) > before.get("rdb_saves", 0):
             if info.get("rdb_last_bgsave_status") != "ok":
-                raise bf.BackupError(
+                raise BackupError(
                     f"Redis BGSAVE failed (rdb_last_bgsave_status="
                     f"{info.get('rdb_last_bgsave_status')}); see the Redis server log"
                 )
             return info
         if clock() > deadline:
-            raise bf.BackupError(f"Redis BGSAVE did not finish within {timeout_s:.0f} s")
+            raise BackupError(f"Redis BGSAVE did not finish within {timeout_s:.0f} s")
         sleep(poll_s)
 
 
@@ -155,11 +169,11 @@ def pull_rdb(target: RedisTarget, partial: Path, timeout_s: float = 900.0) -> No
         )
     except subprocess.TimeoutExpired:
         partial.unlink(missing_ok=True)
-        raise bf.BackupError(f"redis-cli --rdb from {target.label} timed out") from None
+        raise BackupError(f"redis-cli --rdb from {target.label} timed out") from None
     if out.returncode != 0 or not partial.exists():
         partial.unlink(missing_ok=True)
         message = (out.stderr or out.stdout).strip()[-1000:]
-        raise bf.BackupError(f"redis-cli --rdb from {target.label} failed: {message}")
+        raise BackupError(f"redis-cli --rdb from {target.label} failed: {message}")
 
 
 def check_rdb(path: Path) -> dict[str, int] | None:
@@ -169,7 +183,7 @@ def check_rdb(path: Path) -> dict[str, int] | None:
         return None
     out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
-        raise bf.BackupError(f"redis-check-rdb rejected {path}: {out.stdout.strip()[-1000:]}")
+        raise BackupError(f"redis-check-rdb rejected {path}: {out.stdout.strip()[-1000:]}")
     return parse_check_rdb(out.stdout)
 
 
@@ -181,22 +195,22 @@ def backup_server(
     *,
     method: str = "auto",
     now: dt.datetime | None = None,
-) -> bf.StoredBackup:
+) -> StoredBackup:
     """Snapshot one Redis server into <root>/redis/<host_port>/, then checksum and prune."""
-    logger = bf.run_logger()
-    tdir = bf.target_dir(root, "redis", target.label)
-    started = bf.utcnow()
+    logger = run_logger()
+    tdir = target_dir(root, "redis", target.label)
+    started = utcnow()
     client = target.client()
     try:
         server = client.info("server")
         keyspace = parse_keyspace(client.info("keyspace"))
     except Exception as exc:  # noqa: BLE001 - redis-py's message has host:port, not secrets
-        raise bf.BackupError(f"cannot reach Redis {target.label}: {exc}") from None
-    with bf.target_lock(tdir):
-        bf.clear_partials(tdir)
-        bf.ensure_free_space(tdir, bf.estimate_size(tdir))
-        final = bf.fresh_data_path(tdir, target.label, ".rdb", now)
-        partial = bf.partial_path(final)
+        raise BackupError(f"cannot reach Redis {target.label}: {exc}") from None
+    with target_lock(tdir):
+        clear_partials(tdir)
+        ensure_free_space(tdir, estimate_size(tdir))
+        final = fresh_data_path(tdir, target.label, ".rdb", now)
+        partial = partial_path(final)
         source = rdb_path(client) if method != "rdb-cli" and target.is_local else None
         try:
             if source is not None:
@@ -210,7 +224,7 @@ def backup_server(
             checked = check_rdb(partial)
         except OSError as exc:
             partial.unlink(missing_ok=True)
-            raise bf.BackupError(f"copying the RDB of {target.label} failed: {exc}") from None
+            raise BackupError(f"copying the RDB of {target.label} failed: {exc}") from None
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -220,14 +234,14 @@ def backup_server(
             "method": how,
             "redis_version": server.get("redis_version"),
             "started_at": started.isoformat(),
-            "finished_at": bf.utcnow().isoformat(),
+            "finished_at": utcnow().isoformat(),
             "dbsize_before": keyspace,
             # Exact when redis-check-rdb read the file; else DBSIZE just before the save.
             "keys": checked["keys"] if checked else sum(keyspace.values()),
             "keys_source": "redis-check-rdb" if checked else "dbsize",
             "rdb_check": checked,
         }
-        stored = bf.store_backup(partial, final, manifest, tdir, keep)
+        stored = store_backup(partial, final, manifest, tdir, keep)
     logger.info(
         "Backed up Redis %s via %s: %s (%s keys, sha256 %s); pruned %d",
         target.label,
@@ -295,7 +309,7 @@ def scratch_server(rdb: Path, workdir: Path, start_timeout_s: float = 120.0) -> 
                 except (redis.ConnectionError, redis.BusyLoadingError):
                     if proc.poll() is not None or time.monotonic() > deadline:
                         log = (folder / "redis.log").read_text(errors="replace")[-1500:]
-                        raise bf.BackupError(
+                        raise BackupError(
                             f"scratch redis-server could not load {rdb}: {log}"
                         ) from None
                     time.sleep(0.05)
@@ -322,18 +336,18 @@ def loaded_keys(rdb: Path, workdir: Path) -> int:
 @task(name="verify-redis-restore", tags=["backup"], cache_policy=NONE)
 def verify_restore(tdir: Path) -> dict:
     """Load the newest RDB under tdir into a scratch redis-server; compare with the manifest."""
-    newest = next((s for s in bf.list_sets(tdir, "daily") if s.complete), None)
+    newest = newest_complete(tdir)
     if newest is None:
-        raise bf.BackupError(f"no complete Redis backup under {tdir}")
-    manifest = bf.read_manifest(newest.data)
+        raise BackupError(f"no complete Redis backup under {tdir}")
+    manifest = read_manifest(newest.data)
     keys = loaded_keys(newest.data, tdir)
     if keys != manifest["keys"]:
         message = f"{newest.data}: manifest says {manifest['keys']} keys, scratch loaded {keys}"
         if manifest.get("keys_source") == "redis-check-rdb":
-            raise bf.BackupError(message)
+            raise BackupError(message)
         # A DBSIZE taken beside the save is only close; say so but don't fail on it.
-        bf.run_logger().warning("%s (manifest count was approximate)", message)
-    bf.run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
+        run_logger().warning("%s (manifest count was approximate)", message)
+    run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
     return {
         "path": str(newest.data),
         "sha256": manifest["sha256"],

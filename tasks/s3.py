@@ -10,7 +10,15 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks import backup_files as bf
+from tasks.backups.files import (
+    MANIFEST_SUFFIX,
+    BackupError,
+    manifest_path,
+    parse_taken_at,
+    run_logger,
+    sha256_file,
+)
+from tasks.backups.retention import StoredBackup, plan_retention
 
 BUCKET_BLOCK = "investflow-backups"
 CREDENTIALS_BLOCK = "investflow-aws"
@@ -33,7 +41,7 @@ class RemoteSet:
 
 
 def key_of_manifest(key: str) -> str:
-    return bf.manifest_path(Path(key)).as_posix()
+    return manifest_path(Path(key)).as_posix()
 
 
 def load_bucket(required: bool | None, endpoint_url: str | None):
@@ -44,7 +52,7 @@ def load_bucket(required: bool | None, endpoint_url: str | None):
         bucket = S3Bucket.load(BUCKET_BLOCK)
     except ValueError:
         if required:
-            raise bf.BackupError(
+            raise BackupError(
                 f"offsite copy was asked for but the S3Bucket block {BUCKET_BLOCK!r} does not "
                 "exist; create it (and AwsCredentials 'investflow-aws') first"
             ) from None
@@ -89,7 +97,7 @@ def upload_checked(bucket, path: Path, key: str, sha256_hex: str) -> str:
     kept = head.get("Metadata", {}).get("sha256")
     stored = head.get("ChecksumSHA256")
     if kept != sha256_hex or ("ChecksumSHA256" in extra and stored not in (None, b64)):
-        raise bf.BackupError(
+        raise BackupError(
             f"offsite copy of {path.name} has checksum {stored or kept}, expected {b64}"
         )
     return f"s3://{bucket.bucket_name}/{full_key(bucket, key)}"
@@ -102,7 +110,7 @@ def upload_checked(bucket, path: Path, key: str, sha256_hex: str) -> str:
     retries=3,
     retry_delay_seconds=[2, 5, 15],
 )
-def upload_backup(bucket, root: Path, stored: bf.StoredBackup) -> dict[str, str]:
+def upload_backup(bucket, root: Path, stored: StoredBackup) -> dict[str, str]:
     """Upload a backup to every tier it landed in, data first and manifests last."""
     tdir = stored.backup.data.parent.parent
     placed = [tdir / tier / stored.backup.data.name for tier in stored.tiers]
@@ -112,10 +120,10 @@ def upload_backup(bucket, root: Path, stored: bf.StoredBackup) -> dict[str, str]
             bucket, path, path.relative_to(root).as_posix(), stored.sha256
         )
     for path in placed:  # a manifest in the bucket means its set is complete
-        manifest = bf.manifest_path(path)
-        digest, _ = bf.sha256_file(manifest)
+        manifest = manifest_path(path)
+        digest, _ = sha256_file(manifest)
         upload_checked(bucket, manifest, manifest.relative_to(root).as_posix(), digest)
-    bf.run_logger().info("Offsite copy of %s in %s", stored.backup.data.name, sorted(uris))
+    run_logger().info("Offsite copy of %s in %s", stored.backup.data.name, sorted(uris))
     return uris
 
 
@@ -125,9 +133,9 @@ def list_remote(bucket, prefix: str) -> dict[str, list[RemoteSet]]:
     by_tier: dict[str, list[RemoteSet]] = {}
     for key in keys:
         path = Path(key)
-        if key.endswith(bf.MANIFEST_SUFFIX) or path.name.startswith("."):
+        if key.endswith(MANIFEST_SUFFIX) or path.name.startswith("."):
             continue
-        taken_at = bf.parse_taken_at(path)
+        taken_at = parse_taken_at(path)
         if taken_at is not None:
             remote = RemoteSet(key, taken_at, key_of_manifest(key) in keys)
             by_tier.setdefault(path.parent.name, []).append(remote)
@@ -148,11 +156,11 @@ def prune_remote(bucket, root: Path, tdir: Path, keep: dict[str, int]) -> list[s
     client = bucket.credentials.get_s3_client()
     pruned = []
     for tier, sets in list_remote(bucket, tdir.relative_to(root).as_posix() + "/").items():
-        _, old = bf.plan_retention(sets, max(keep.get(tier, 0), 0))
+        _, old = plan_retention(sets, max(keep.get(tier, 0), 0))
         for remote in old:
             for key in (remote.manifest_key, remote.key):  # manifest first, as on disk
                 client.delete_object(Bucket=bucket.bucket_name, Key=full_key(bucket, key))
             pruned.append(remote.key)
     if pruned:
-        bf.run_logger().info("Pruned %d offsite backup(s)", len(pruned))
+        run_logger().info("Pruned %d offsite backup(s)", len(pruned))
     return sorted(pruned)

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from flows.backups import backup_postgres, backup_redis, verify_backups
-from tasks import backup_files as bf
+from tasks.backups.files import MANIFEST_SUFFIX, TIERS, BackupError, manifest_path
 from tasks.schema import backup_catalog
 from tests.conftest import create_database, drop_database
 from tests.fakes.s3 import FakeS3
@@ -54,7 +54,7 @@ def local_files(root):
     return {
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and p.parent.name in bf.TIERS
+        if p.is_file() and p.parent.name in TIERS
     }
 
 
@@ -93,8 +93,8 @@ def test_backups_land_offsite_with_matching_checksums_and_remote_retention_follo
     # The bucket holds exactly the kept files: the pruned ones went there too.
     assert s3.keys("investflow/") == {f"investflow/{f}" for f in files}
     for f in files:
-        if not f.endswith(bf.MANIFEST_SUFFIX):
-            sha = json.loads((env / bf.manifest_path(env / f).relative_to(env)).read_text())
+        if not f.endswith(MANIFEST_SUFFIX):
+            sha = json.loads((env / manifest_path(env / f).relative_to(env)).read_text())
             b64 = base64.b64encode(bytes.fromhex(sha["sha256"])).decode()
             assert s3.checksum_sha256(f"investflow/{f}") == b64
 
@@ -127,7 +127,7 @@ def test_a_flipped_byte_in_a_retained_dump_fails_verification_naming_the_file(en
         fh.seek(-1, 1)
         fh.write(bytes([byte[0] ^ 0xFF]))
 
-    with pytest.raises(bf.BackupError, match=dump.name):
+    with pytest.raises(BackupError, match=dump.name):
         verify_backups(redis=False)
     failed = catalog_rows(pg_engine, kind="verify", status="failed")
     assert any(dump.name in r["detail"]["error"] for r in failed)
@@ -137,7 +137,7 @@ def test_a_failed_dump_fails_the_run_and_keeps_the_good_backups(env, pg_engine, 
     backup_postgres()
     before = {p: p.stat().st_ino for p in (env / "postgres").rglob("*") if p.is_file()}
 
-    with pytest.raises(bf.BackupError, match=r"(?s)1 of 1 postgres backup.*pg_dump of .* failed"):
+    with pytest.raises(BackupError, match=r"(?s)1 of 1 postgres backup.*pg_dump of .* failed"):
         backup_postgres(max_dump_bytes=4096)
 
     after = {p: p.stat().st_ino for p in (env / "postgres").rglob("*") if p.is_file()}
@@ -155,7 +155,7 @@ def test_a_database_by_name_on_the_configured_server(env, pg_engine, source_db, 
 
 
 def test_offsite_required_without_the_block_fails_before_dumping(env):
-    with pytest.raises(bf.BackupError, match="investflow-backups"):
+    with pytest.raises(BackupError, match="investflow-backups"):
         backup_postgres(offsite=True)
     assert not (env / "postgres").exists()
 

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from tasks import backup_files as bf
 from tasks import postgres
+from tasks.backups.files import PARTIAL_PREFIX, BackupError, verify_set
 from tests.conftest import create_database, drop_database
 
 pytestmark = pytest.mark.integration
@@ -71,20 +71,20 @@ def test_a_dump_that_fails_midway_leaves_the_previous_backups_and_no_partial_fil
     before = {p: p.read_bytes() for p in tdir.rglob("*") if p.is_file()}
 
     # An 8 KiB quota makes pg_dump's writes fail partway through, as a full disk would.
-    with pytest.raises(bf.BackupError, match=r"pg_dump of .* failed .*File too large"):
+    with pytest.raises(BackupError, match=r"pg_dump of .* failed .*File too large"):
         postgres.backup_database(
             target, tmp_path, KEEP, now=day + dt.timedelta(days=9), max_bytes=8 * 1024
         )
 
     after = {p: p.read_bytes() for p in tdir.rglob("*") if p.is_file()}
     assert after == before
-    assert not list(tdir.rglob(bf.PARTIAL_PREFIX + "*"))
-    assert all(bf.verify_set(s.backup) is None for s in good)
+    assert not list(tdir.rglob(PARTIAL_PREFIX + "*"))
+    assert all(verify_set(s.backup) is None for s in good)
 
 
 def test_an_unreachable_database_fails_clearly_without_showing_the_password(tmp_path):
     target = postgres.PgTarget(SecretStr("postgresql://backup:s3cret-pw@127.0.0.1:1/market"))
-    with pytest.raises(bf.BackupError) as err:
+    with pytest.raises(BackupError) as err:
         postgres.backup_database(target, tmp_path, KEEP)
     message = str(err.value)
     assert "cannot reach PostgreSQL 127.0.0.1:1/market" in message
@@ -123,7 +123,7 @@ def test_databases_are_names_on_the_configured_server(monkeypatch):
     assert named[0].params["password"] == "pw"
 
     monkeypatch.delenv("INVESTFLOW_BACKUP_DATABASE_URLS")
-    with pytest.raises(bf.BackupError, match="INVESTFLOW_BACKUP_DATABASE_URLS"):
+    with pytest.raises(BackupError, match="INVESTFLOW_BACKUP_DATABASE_URLS"):
         postgres.resolve_targets(None, get_settings())
 
 
@@ -140,6 +140,6 @@ def test_a_malformed_configured_url_is_named_by_position_not_repeated(monkeypatc
     from tasks.settings import get_settings
 
     monkeypatch.setenv("INVESTFLOW_BACKUP_DATABASE_URLS", "postgresql://u:hunter2x@[::1/m")
-    with pytest.raises(bf.BackupError, match="entry 1 of INVESTFLOW_BACKUP_DATABASE_URLS") as err:
+    with pytest.raises(BackupError, match="entry 1 of INVESTFLOW_BACKUP_DATABASE_URLS") as err:
         postgres.resolve_targets(None, get_settings())
     assert "hunter2x" not in str(err.value)

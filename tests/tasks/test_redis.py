@@ -12,8 +12,8 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from tasks import backup_files as bf
 from tasks import redis as redis_backup
+from tasks.backups.files import BackupError
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,7 @@ def test_bgsave_waits_on_info_persistence(redis_url):
 
 def test_an_unreachable_redis_fails_clearly_without_showing_the_password(tmp_path):
     target = redis_backup.RedisTarget(SecretStr("redis://:hunter2-pw@127.0.0.1:1/0"))
-    with pytest.raises(bf.BackupError) as err:
+    with pytest.raises(BackupError) as err:
         redis_backup.backup_server(target, tmp_path, KEEP)
     assert "cannot reach Redis 127.0.0.1:1" in str(err.value)
     assert "hunter2-pw" not in str(err.value)
@@ -135,5 +135,5 @@ def test_parse_check_rdb_reads_the_summary():
 def test_a_corrupt_rdb_is_refused_by_the_scratch_server(tmp_path):
     bad = tmp_path / "bad-20260101T000000Z.rdb"
     bad.write_bytes(b"REDIS0010" + b"\xff" * 40)
-    with pytest.raises(bf.BackupError, match="could not load"):
+    with pytest.raises(BackupError, match="could not load"):
         redis_backup.loaded_keys(bad, tmp_path)

@@ -1,0 +1,1 @@
+"""Backups of PostgreSQL and Redis: files on disk, retention, the catalog and offsite copies."""
