@@ -9,10 +9,11 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks import backup_catalog as catalog
-from tasks import postgres, s3
+from tasks import postgres
 from tasks import redis as redis_backup
+from tasks.backups import catalog
 from tasks.backups.files import BackupError, retained_sets, utcnow, verify_set
+from tasks.backups.offsite import load_bucket, prune_remote, upload_backup
 from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
@@ -160,7 +161,7 @@ def _back_up_each(
 ) -> list[dict]:
     """Run each target's backup, copy it offsite, catalog it; one failure doesn't stop the rest."""
     root, engine = Path(settings.backup_dir), engine_from_settings(settings)
-    bucket = s3.load_bucket(offsite, settings.s3_endpoint_url)
+    bucket = load_bucket(offsite, settings.s3_endpoint_url)
     rows, failures = [], []
     for label, job in jobs.items():
         started = utcnow()
@@ -176,8 +177,8 @@ def _back_up_each(
         remote = {}
         if bucket is not None:
             try:
-                remote = s3.upload_backup(bucket, root, stored)
-                s3.prune_remote(bucket, root, stored.backup.data.parent.parent, keep)
+                remote = upload_backup(bucket, root, stored)
+                prune_remote(bucket, root, stored.backup.data.parent.parent, keep)
             except Exception as exc:  # noqa: BLE001 - the local backup stands; the run fails
                 failures.append(f"{label}: offsite copy failed: {exc}")
         catalog.record_backup(engine, kind, label, stored, remote)

@@ -59,7 +59,7 @@ class FakeS3:
         """
         from prefect_aws import AwsCredentials, S3Bucket
 
-        from tasks.s3 import BUCKET_BLOCK, CREDENTIALS_BLOCK
+        from tasks.backups.offsite import BUCKET_BLOCK, CREDENTIALS_BLOCK
 
         creds = AwsCredentials(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
@@ -73,7 +73,7 @@ class FakeS3:
     def delete_blocks() -> None:
         from prefect_aws import AwsCredentials, S3Bucket
 
-        from tasks.s3 import BUCKET_BLOCK, CREDENTIALS_BLOCK
+        from tasks.backups.offsite import BUCKET_BLOCK, CREDENTIALS_BLOCK
 
         for cls, name in ((S3Bucket, BUCKET_BLOCK), (AwsCredentials, CREDENTIALS_BLOCK)):
             try:

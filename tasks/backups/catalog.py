@@ -1,4 +1,4 @@
-"""The backup_catalog table and the run artifacts: what was backed up, pruned and verified."""
+"""Rows of the backup_catalog table and the run artifacts: what was backed up, pruned, verified."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from tasks.backups.files import utcnow
 from tasks.backups.retention import StoredBackup
-from tasks.schema import backup_catalog as catalog
+from tasks.schema import backup_catalog
 
 
 def current_flow_run_id() -> str | None:
@@ -52,20 +52,20 @@ def record_backup(
         for tier in stored.tiers
     ]
     with engine.begin() as conn:
-        conn.execute(catalog.insert(), rows)
+        conn.execute(backup_catalog.insert(), rows)
         mark_pruned(conn, kind, target, [p.data for p in stored.pruned], run_id)
 
 
 def mark_pruned(conn, kind: str, target: str, paths: list[Path], run_id: str | None) -> None:
     for path in paths:
         updated = conn.execute(
-            catalog.update()
-            .where(catalog.c.path == str(path), catalog.c.status == "ok")
+            backup_catalog.update()
+            .where(backup_catalog.c.path == str(path), backup_catalog.c.status == "ok")
             .values(status="pruned")
         ).rowcount
         if not updated:  # made before the catalog knew it (or by hand): still say it went
             conn.execute(
-                catalog.insert().values(
+                backup_catalog.insert().values(
                     kind=kind,
                     target=target,
                     path=str(path),
@@ -84,7 +84,7 @@ def record_failure(
     """A failed backup or verification is a row too, with the error that stopped it."""
     with engine.begin() as conn:
         conn.execute(
-            catalog.insert().values(
+            backup_catalog.insert().values(
                 kind=kind,
                 target=target,
                 status="failed",
@@ -110,7 +110,7 @@ def record_verification(
     now = utcnow()
     with engine.begin() as conn:
         conn.execute(
-            catalog.insert().values(
+            backup_catalog.insert().values(
                 kind="verify",
                 target=target,
                 path=path,
@@ -126,11 +126,11 @@ def record_verification(
         if ok:
             name = Path(path).name
             conn.execute(
-                catalog.update()
+                backup_catalog.update()
                 .where(
-                    catalog.c.kind != "verify",
-                    catalog.c.path.like(f"%/{name}"),
-                    catalog.c.sha256 == sha256,
+                    backup_catalog.c.kind != "verify",
+                    backup_catalog.c.path.like(f"%/{name}"),
+                    backup_catalog.c.sha256 == sha256,
                 )
                 .values(verified_at=now)
             )
@@ -139,9 +139,11 @@ def record_verification(
 def newest_verified(engine: Engine) -> list[dict]:
     """Per target: the newest verified backup and its age (when did a restore last work)."""
     query = (
-        sa.select(catalog.c.target, sa.func.max(catalog.c.verified_at).label("verified_at"))
-        .where(catalog.c.kind == "verify", catalog.c.status == "verified")
-        .group_by(catalog.c.target)
+        sa.select(
+            backup_catalog.c.target, sa.func.max(backup_catalog.c.verified_at).label("verified_at")
+        )
+        .where(backup_catalog.c.kind == "verify", backup_catalog.c.status == "verified")
+        .group_by(backup_catalog.c.target)
     )
     now = utcnow()
     with engine.connect() as conn:
