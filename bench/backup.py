@@ -1,8 +1,8 @@
 """Benchmark: our PostgreSQL backup (dump, row counts, checksum, manifest) vs bare pg_dump -Fc.
 
 Builds a scratch database with 1,000,000 daily_prices rows, then alternates a bare
-`pg_dump -Fc -f` and our backup task body (tasks.postgres.backup_database) five times each
-and takes the medians. peak_rss_mb is sampled over this process and its children
+`pg_dump -Fc -f` and our backup task body (tasks.backups.postgres.dump.backup_database)
+five times each and takes the medians. peak_rss_mb is sampled over this process and its children
 (pg_dump) together while they run: what the job needs on the data node. Writes
 bench/results/backup.json (ours_s, pg_dump_s, ratio, peak_rss_mb).
 
@@ -92,7 +92,7 @@ def build_database(admin_url: str) -> str:
 def bare_pg_dump(url: str, out: Path) -> float:
     from pydantic import SecretStr
 
-    from tasks.postgres import PgTarget, child_env
+    from tasks.backups.postgres.target import PgTarget, child_env
 
     env = child_env(PgTarget(SecretStr(url)))
     start = time.perf_counter()
@@ -107,7 +107,8 @@ def ours(url: str, root: Path) -> tuple[float, int]:
 
     from pydantic import SecretStr
 
-    from tasks.postgres import PgTarget, backup_database
+    from tasks.backups.postgres.dump import backup_database
+    from tasks.backups.postgres.target import PgTarget
 
     start = time.perf_counter()
     stored = backup_database.fn(

@@ -9,11 +9,13 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks import postgres
 from tasks import redis as redis_backup
 from tasks.backups import catalog
 from tasks.backups.files import BackupError, retained_sets, utcnow, verify_set
 from tasks.backups.offsite import load_bucket, prune_remote, upload_backup
+from tasks.backups.postgres.dump import backup_database
+from tasks.backups.postgres.target import LOCK_TIMEOUT_S, resolve_targets
+from tasks.backups.postgres.verify import verify_postgres_restore
 from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
@@ -31,7 +33,7 @@ def backup_postgres(
     keep_monthly: NonNegative = 0,
     offsite: bool | None = None,
     max_dump_bytes: AtLeastOne | None = None,
-    lock_timeout_s: AtLeastOne = postgres.LOCK_TIMEOUT_S,
+    lock_timeout_s: AtLeastOne = LOCK_TIMEOUT_S,
 ) -> list[dict]:
     """pg_dump -Fc each database (names on the configured server; default: the configured ones).
 
@@ -40,10 +42,10 @@ def backup_postgres(
     lock_timeout_s: how long a dump waits for a locked table before it fails.
     """
     settings = get_settings()
-    targets = postgres.resolve_targets(databases, settings)
+    targets = resolve_targets(databases, settings)
     jobs = {
         t.label: (
-            lambda keep, t=t: postgres.backup_database(
+            lambda keep, t=t: backup_database(
                 t,
                 settings.backup_dir,
                 keep,
@@ -113,8 +115,8 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
     restores: list[tuple[str, Callable[[], dict]]] = []
     pg_dir = root / "postgres"
     if databases or (pg_dir.is_dir() and any(pg_dir.iterdir())):
-        for target in postgres.resolve_targets(databases, settings):
-            restores.append((target.label, lambda t=target: postgres.verify_restore(t, root)))
+        for target in resolve_targets(databases, settings):
+            restores.append((target.label, lambda t=target: verify_postgres_restore(t, root)))
     if redis and (root / "redis").is_dir():
         for tdir in sorted(p for p in (root / "redis").iterdir() if p.is_dir()):
             restores.append((tdir.name, lambda d=tdir: redis_backup.verify_restore(d)))

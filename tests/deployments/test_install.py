@@ -15,7 +15,7 @@ import pytest
 
 from deployments.install import main
 from deployments.units import ROUTES, parse_env
-from tasks.postgres import resolve_targets
+from tasks.backups.postgres.target import resolve_targets
 from tasks.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

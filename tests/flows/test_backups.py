@@ -147,11 +147,19 @@ def test_a_failed_dump_fails_the_run_and_keeps_the_good_backups(env, pg_engine, 
 
 
 def test_a_database_by_name_on_the_configured_server(env, pg_engine, source_db, monkeypatch):
-    # Issue 9's `prefect` database is backed up the same way: any name on the server.
+    # The Prefect server's own `prefect` database (README.md, Production) is backed up the same
+    # way: any name on the configured server.
     monkeypatch.delenv("INVESTFLOW_BACKUP_DATABASE_URLS")
     name = source_db.rsplit("/", 1)[1]
     rows = backup_postgres(databases=[name], offsite=False)
     assert rows[0]["file"].startswith(f"daily/{name}-") and rows[0]["status"] == "kept (new)"
+
+
+def test_a_url_as_a_database_parameter_is_refused_before_any_work():
+    # A URL would be stored with the run's parameters, password and all.
+    state = backup_postgres(databases=["postgresql://u:hunter2x@db/market"], return_state=True)
+    assert state.is_failed() and "databases" in state.message
+    assert "hunter2x" not in state.message
 
 
 def test_offsite_required_without_the_block_fails_before_dumping(env):
