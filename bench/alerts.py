@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,13 +30,9 @@ RUNS = 10
 WORKER_QUERY_SECONDS = "5"  # as `make up` (deployments/local_stack.py) and the systemd units set it
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
+    from tasks.backups.redis.restore import free_port
+
     home = Path(tempfile.mkdtemp(prefix="investflow-bench-"))
     port = free_port()
     os.environ.update(

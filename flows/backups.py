@@ -9,13 +9,15 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
-from tasks import redis as redis_backup
 from tasks.backups import catalog
 from tasks.backups.files import BackupError, retained_sets, utcnow, verify_set
 from tasks.backups.offsite import load_bucket, prune_remote, upload_backup
 from tasks.backups.postgres.dump import backup_database
 from tasks.backups.postgres.target import LOCK_TIMEOUT_S, resolve_targets
 from tasks.backups.postgres.verify import verify_postgres_restore
+from tasks.backups.redis.dump import backup_redis_server
+from tasks.backups.redis.target import RedisTarget
+from tasks.backups.redis.verify import verify_redis_restore
 from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
 from tasks.store import engine_from_settings
@@ -74,12 +76,10 @@ def backup_redis(
     pulls with `redis-cli --rdb`; "rdb-cli" always pulls.
     """
     settings = get_settings()
-    target = redis_backup.RedisTarget(settings.redis_url)
+    target = RedisTarget(settings.redis_url)
     jobs = {
         target.label: (
-            lambda keep: redis_backup.backup_server(
-                target, settings.backup_dir, keep, method=method
-            )
+            lambda keep: backup_redis_server(target, settings.backup_dir, keep, method=method)
         )
     }
     return _back_up_each(
@@ -119,7 +119,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
             restores.append((target.label, lambda t=target: verify_postgres_restore(t, root)))
     if redis and (root / "redis").is_dir():
         for tdir in sorted(p for p in (root / "redis").iterdir() if p.is_dir()):
-            restores.append((tdir.name, lambda d=tdir: redis_backup.verify_restore(d)))
+            restores.append((tdir.name, lambda d=tdir: verify_redis_restore(d)))
 
     for label, restore in restores:
         started = utcnow()

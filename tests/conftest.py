@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,17 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from tasks.backups.redis.restore import free_port  # imports no Prefect
+
 # Prefect reads its settings when first imported: point it at this session's own server and
 # home before anything imports it, so no test touches ~/.prefect or spawns an ephemeral server.
 _PREFECT_HOME = Path(tempfile.mkdtemp(prefix="investflow-prefect-"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 _PREFECT_PORT = free_port()
 os.environ.update(
     PREFECT_HOME=str(_PREFECT_HOME),

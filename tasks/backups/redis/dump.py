@@ -1,24 +1,19 @@
-"""Redis backups: BGSAVE and copy (or `redis-cli --rdb`), redis-check-rdb, scratch restores."""
+"""Redis RDB snapshots: BGSAVE and copy the server's file, or `redis-cli --rdb`; redis-check-rdb."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import os
 import re
 import shutil
-import socket
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from prefect import task
 from prefect.cache_policies import NONE
-from pydantic import SecretStr
 
 from tasks.backups.files import (
     BackupError,
@@ -26,56 +21,14 @@ from tasks.backups.files import (
     ensure_free_space,
     estimate_size,
     fresh_data_path,
-    newest_complete,
     partial_path,
-    read_manifest,
     run_logger,
     target_dir,
     target_lock,
     utcnow,
 )
+from tasks.backups.redis.target import RedisTarget, parse_keyspace
 from tasks.backups.retention import StoredBackup, store_backup
-
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-
-
-@dataclass(frozen=True)
-class RedisTarget:
-    """One Redis server; the URL may carry a password so it stays secret, the label does not."""
-
-    url: SecretStr
-
-    @property
-    def parts(self):
-        return urlsplit(self.url.get_secret_value())
-
-    @property
-    def host(self) -> str:
-        return self.parts.hostname or "127.0.0.1"
-
-    @property
-    def port(self) -> int:
-        return self.parts.port or 6379
-
-    @property
-    def label(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    @property
-    def is_local(self) -> bool:
-        return self.parts.scheme == "unix" or self.host in _LOCAL_HOSTS
-
-    def client(self, timeout_s: float = 30.0):
-        import redis
-
-        return redis.Redis.from_url(
-            self.url.get_secret_value(), socket_timeout=timeout_s, socket_connect_timeout=10
-        )
-
-
-def parse_keyspace(info: dict) -> dict[str, int]:
-    """INFO keyspace -> {"db0": keys, ...}."""
-    return {db: int(v["keys"]) for db, v in info.items() if db.startswith("db")}
 
 
 def parse_check_rdb(output: str) -> dict[str, int]:
@@ -188,7 +141,7 @@ def check_rdb(path: Path) -> dict[str, int] | None:
 
 
 @task(name="backup-redis-server", tags=["backup"], cache_policy=NONE)
-def backup_server(
+def backup_redis_server(
     target: RedisTarget,
     root: Path,
     keep: dict[str, int],
@@ -252,106 +205,3 @@ def backup_server(
         len(stored.pruned),
     )
     return stored
-
-
-# ------------------------------------------------------------------ scratch restore
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def scratch_server(rdb: Path, workdir: Path, start_timeout_s: float = 120.0) -> Iterator:
-    """A throwaway redis-server on a free loopback port that loads rdb and saves nothing."""
-    import redis
-
-    folder = Path(tempfile.mkdtemp(prefix=".verify-", dir=workdir))
-    try:
-        try:
-            os.link(rdb, folder / "dump.rdb")  # Redis only reads it: a link costs no space
-        except OSError:
-            shutil.copyfile(rdb, folder / "dump.rdb")
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(folder),
-                "--dbfilename",
-                "dump.rdb",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--logfile",
-                str(folder / "redis.log"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
-        try:
-            deadline = time.monotonic() + start_timeout_s
-            while True:
-                try:
-                    client.ping()
-                    break
-                except (redis.ConnectionError, redis.BusyLoadingError):
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        log = (folder / "redis.log").read_text(errors="replace")[-1500:]
-                        raise BackupError(
-                            f"scratch redis-server could not load {rdb}: {log}"
-                        ) from None
-                    time.sleep(0.05)
-            yield client
-        finally:
-            client.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def loaded_keys(rdb: Path, workdir: Path) -> int:
-    """Keys a scratch redis-server finds in rdb (those already expired at load included)."""
-    with scratch_server(rdb, workdir) as client:
-        keys = sum(parse_keyspace(client.info("keyspace")).values())
-        return keys + int(client.info("persistence").get("rdb_last_load_keys_expired", 0))
-
-
-@task(name="verify-redis-restore", tags=["backup"], cache_policy=NONE)
-def verify_restore(tdir: Path) -> dict:
-    """Load the newest RDB under tdir into a scratch redis-server; compare with the manifest."""
-    newest = newest_complete(tdir)
-    if newest is None:
-        raise BackupError(f"no complete Redis backup under {tdir}")
-    manifest = read_manifest(newest.data)
-    keys = loaded_keys(newest.data, tdir)
-    if keys != manifest["keys"]:
-        message = f"{newest.data}: manifest says {manifest['keys']} keys, scratch loaded {keys}"
-        if manifest.get("keys_source") == "redis-check-rdb":
-            raise BackupError(message)
-        # A DBSIZE taken beside the save is only close; say so but don't fail on it.
-        run_logger().warning("%s (manifest count was approximate)", message)
-    run_logger().info("Loaded %s into a scratch redis-server: %d keys", newest.data.name, keys)
-    return {
-        "path": str(newest.data),
-        "sha256": manifest["sha256"],
-        "keys": keys,
-        "taken_at": newest.taken_at,
-        "target": manifest.get("target"),
-    }
