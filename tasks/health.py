@@ -64,18 +64,18 @@ def _day(value):
 
 def backups(engine: sa.Engine) -> dict:
     """The newest good backup and the newest verified restore, with when they happened."""
-    catalog = schema.backup_catalog
+    backup_catalog = schema.backup_catalog
     with engine.connect() as conn:
         newest = conn.execute(
-            sa.select(catalog.c.kind, catalog.c.target, catalog.c.finished_at)
-            .where(catalog.c.status == "ok")
-            .order_by(catalog.c.finished_at.desc())
+            sa.select(backup_catalog.c.kind, backup_catalog.c.target, backup_catalog.c.finished_at)
+            .where(backup_catalog.c.status == "ok")
+            .order_by(backup_catalog.c.finished_at.desc())
             .limit(1)
         ).first()
         verified = conn.execute(
-            sa.select(catalog.c.target, sa.func.max(catalog.c.verified_at))
-            .where(catalog.c.kind == "verify", catalog.c.status == "verified")
-            .group_by(catalog.c.target)
+            sa.select(backup_catalog.c.target, sa.func.max(backup_catalog.c.verified_at))
+            .where(backup_catalog.c.kind == "verify", backup_catalog.c.status == "verified")
+            .group_by(backup_catalog.c.target)
         ).all()
     return {"newest": newest, "verified": sorted(verified, key=lambda r: _aware(r[1]))[-1:]}
 
