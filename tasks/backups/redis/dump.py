@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -50,13 +49,11 @@ def bgsave_and_wait(
     *,
     timeout_s: float = 900.0,
     poll_s: float = 0.1,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
 ) -> dict:
     """BGSAVE, then wait on INFO persistence (not LASTSAVE, which only has 1 s resolution)."""
     import redis
 
-    deadline = clock() + timeout_s
+    deadline = time.monotonic() + timeout_s
     while True:
         before = client.info("persistence")
         if not before.get("rdb_bgsave_in_progress"):
@@ -66,9 +63,9 @@ def bgsave_and_wait(
             except redis.ResponseError as exc:  # a save or AOF rewrite started just now
                 if "in progress" not in str(exc):
                     raise BackupError(f"BGSAVE refused: {exc}") from None
-        if clock() > deadline:
+        if time.monotonic() > deadline:
             raise BackupError("Redis kept a background save running; BGSAVE timed out")
-        sleep(poll_s)
+        time.sleep(poll_s)
     while True:
         info = client.info("persistence")
         done = not info.get("rdb_bgsave_in_progress")
@@ -79,9 +76,9 @@ def bgsave_and_wait(
                     f"{info.get('rdb_last_bgsave_status')}); see the Redis server log"
                 )
             return info
-        if clock() > deadline:
+        if time.monotonic() > deadline:
             raise BackupError(f"Redis BGSAVE did not finish within {timeout_s:.0f} s")
-        sleep(poll_s)
+        time.sleep(poll_s)
 
 
 def rdb_path(client) -> Path | None:
