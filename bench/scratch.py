@@ -7,7 +7,7 @@ import uuid
 
 import psycopg
 
-from tasks.store import get_engine, migrate
+from tasks.store.engine import get_engine, migrate
 
 ADMIN_URL = os.environ.get(
     "INVESTFLOW_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"

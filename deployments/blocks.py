@@ -102,7 +102,7 @@ def _oci(settings: Settings):
 def _alerts(settings: Settings):
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from tasks.notify import block_for_url
+    from tasks.alerts.notify import block_for_url
 
     if settings.alert_webhook_url is None:
         return None, "INVESTFLOW_ALERT_WEBHOOK_URL"

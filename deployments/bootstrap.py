@@ -60,7 +60,7 @@ def apply_pools(local: bool = False) -> None:
 
 def migrate_store(local: bool = False) -> None:
     from blocks.database import database_url
-    from tasks.store import migrate
+    from tasks.store.engine import migrate
 
     migrate(database_url(get_settings()))
     print("  market store: at the newest migration")

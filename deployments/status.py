@@ -68,8 +68,8 @@ def _started():
 
 
 def store_lines(now: dt.datetime) -> list[str]:
-    from tasks.freshness import market_freshness, newest_per_symbol
-    from tasks.store import engine_from_settings
+    from tasks.health.freshness import market_freshness, newest_per_symbol
+    from tasks.store.engine import engine_from_settings
 
     try:
         newest = newest_per_symbol(engine_from_settings())

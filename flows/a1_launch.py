@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 
 from blocks.loading import load_block
 from blocks.oci import OciCredentials
-from tasks.notify import send_alert
+from tasks.alerts.notify import send_alert
 from tasks.oci import campaign
 from tasks.oci.campaign import Step
 from tasks.oci.client import (

@@ -20,7 +20,7 @@ from tasks.backups.redis.target import RedisTarget
 from tasks.backups.redis.verify import verify_redis_restore
 from tasks.params import AtLeastOne, DatabaseName, NonNegative
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings
+from tasks.store.engine import engine_from_settings
 
 verify_checksums = task(name="verify-checksums", cache_policy=NONE)(verify_set)
 

@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 
-from tasks import health
+from tasks.health import page
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings
+from tasks.store.engine import engine_from_settings
 
 ARTIFACT_KEY = "investflow-health"
 
@@ -22,17 +22,17 @@ def health_page() -> str:
     now = dt.datetime.now(dt.UTC)
     engine = engine_from_settings(get_settings())
     with get_client(sync_client=True) as client:
-        deployments, success = health.deployment_runs(client, now)
+        deployments, success = page.deployment_runs(client, now)
     facts = {
-        "markets": health.market_freshness(engine, now),
-        "macro": health.macro_freshness(engine, now),
+        "markets": page.market_freshness(engine, now),
+        "macro": page.macro_freshness(engine, now),
         "deployments": deployments,
         "success": success,
-        "backups": health.backups(engine),
-        "models": health.promoted_models(engine),
-        "flags": health.open_quality_flags(engine),
+        "backups": page.backups(engine),
+        "models": page.promoted_models(engine),
+        "flags": page.open_quality_flags(engine),
     }
-    page = health.render(facts, now)
-    create_markdown_artifact(page, key=ARTIFACT_KEY, description="investflow at a glance")
+    markdown = page.render(facts, now)
+    create_markdown_artifact(markdown, key=ARTIFACT_KEY, description="investflow at a glance")
     get_run_logger().info("health page written (artifact %s)", ARTIFACT_KEY)
-    return page
+    return markdown

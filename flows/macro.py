@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from tasks.freshness import emit_freshness, macro_facts, macro_newest
+from tasks.health.freshness import emit_freshness, macro_facts, macro_newest
 from tasks.limits import ensure_rate_limit
 from tasks.macro.fred import (
     DEFAULT_SERIES,
@@ -34,7 +34,7 @@ from tasks.macro.series import (
 from tasks.macro.storage import StoredSeries, needs_fetch, read_stored, write_series
 from tasks.params import PastDate, Ratio, Seconds, SeriesId
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings
+from tasks.store.engine import engine_from_settings
 
 HISTORY_YEARS = 20
 

@@ -15,7 +15,8 @@ from pydantic import Field
 from tasks.models import checkpoint, evaluation, features, model, report, storage
 from tasks.params import AtLeastOne, Device, MarketCode
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings, upsert_frame
+from tasks.store.engine import engine_from_settings
+from tasks.store.upsert import upsert_frame
 
 # Engines, frames and models are not worth hashing for a cache: every task runs every time.
 load_prices = task(storage.load_prices, name="load-prices", cache_policy=NO_CACHE)

@@ -15,8 +15,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
-from tasks.freshness import emit_freshness, freshness
-from tasks.ledger import record_flags
+from tasks.health.freshness import emit_freshness, freshness
 from tasks.limits import ensure_rate_limit
 from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.market.quality import Issue, stale_symbols
@@ -31,7 +30,9 @@ from tasks.market.writes import (
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
 from tasks.params import AtLeastOne, NonNegative, PastDate, Ratio, Seconds, Symbol
 from tasks.settings import get_settings
-from tasks.store import engine_from_settings, latest_dates
+from tasks.store.engine import engine_from_settings
+from tasks.store.ledger import record_flags
+from tasks.store.upsert import latest_dates
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10

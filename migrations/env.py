@@ -5,9 +5,9 @@ from logging.config import fileConfig
 import sqlalchemy as sa
 from alembic import context
 
-from tasks.schema import metadata
 from tasks.settings import get_settings
-from tasks.store import normalize_url
+from tasks.store.engine import normalize_url
+from tasks.store.schema import metadata
 
 config = context.config
 if config.config_file_name and not config.attributes.get("url"):

@@ -124,7 +124,7 @@ def create_database(admin_url: str, prefix: str = "investflow_test") -> str:
 
 
 def drop_database(url: str) -> None:
-    from tasks.store import get_engine
+    from tasks.store.engine import get_engine
 
     get_engine.cache_clear()
     name = url.rsplit("/", 1)[1]
@@ -135,7 +135,7 @@ def drop_database(url: str) -> None:
 @pytest.fixture(scope="session")
 def pg_url(pg_admin_url):
     """A migrated market store in a database of its own, dropped at the end of the session."""
-    from tasks.store import migrate
+    from tasks.store.engine import migrate
 
     url = create_database(pg_admin_url)
     migrate(url)
@@ -148,8 +148,8 @@ def pg_engine(pg_url, monkeypatch):
     """The session's PostgreSQL store, emptied for this test and set as the flows' database."""
     import sqlalchemy as sa
 
-    from tasks.schema import metadata
-    from tasks.store import get_engine
+    from tasks.store.engine import get_engine
+    from tasks.store.schema import metadata
 
     engine = get_engine(pg_url)
     names = ", ".join(t.name for t in metadata.sorted_tables)
@@ -162,7 +162,7 @@ def pg_engine(pg_url, monkeypatch):
 @pytest.fixture
 def sqlite_engine(tmp_path, monkeypatch):
     """A migrated SQLite market store in this test's own folder."""
-    from tasks.store import get_engine, migrate
+    from tasks.store.engine import get_engine, migrate
 
     url = f"sqlite:///{tmp_path / 'market.db'}"
     migrate(url)

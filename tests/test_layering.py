@@ -62,10 +62,10 @@ def test_blocks_and_tasks_import_nothing_above_them():
 
 def test_the_check_catches_every_form_of_import(tmp_path):
     bad = {
-        "blocks/plain.py": "import tasks.notify\n",
+        "blocks/plain.py": "import tasks.alerts.notify\n",
         "blocks/from_package.py": "from tasks import notify\n",
         "blocks/from_module.py": "from flows.prices import ingest_us_prices\n",
-        "blocks/in_function.py": "def build():\n    from tasks.notify import block_for_url\n",
+        "blocks/in_function.py": "def build():\n    from tasks.alerts import notify\n",
         "blocks/relative.py": "from ..tasks import notify\n",
         "blocks/sub/dynamic.py": "import importlib\nimportlib.import_module('flows.macro')\n",
         "tasks/to_flows.py": "class A:\n    def run(self):\n        import flows\n",

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from tasks.backups.files import utcnow
 from tasks.backups.retention import StoredBackup
-from tasks.schema import backup_catalog
+from tasks.store.schema import backup_catalog
 
 
 def current_flow_run_id() -> str | None:

@@ -10,7 +10,6 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -49,17 +48,6 @@ class BackupSet:
     @property
     def complete(self) -> bool:
         return self.manifest.exists()
-
-
-def run_logger():
-    """The Prefect run logger inside a run; a plain logger when called directly (benchmarks)."""
-    from prefect.exceptions import MissingContextError
-    from prefect.logging import get_run_logger
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("investflow.backups")
 
 
 def utcnow() -> dt.datetime:

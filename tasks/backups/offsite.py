@@ -15,10 +15,10 @@ from tasks.backups.files import (
     BackupError,
     manifest_path,
     parse_taken_at,
-    run_logger,
     sha256_file,
 )
 from tasks.backups.retention import StoredBackup, plan_retention
+from tasks.logs import run_logger
 
 BUCKET_BLOCK = "investflow-backups"
 CREDENTIALS_BLOCK = "investflow-aws"

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from fredapi import Fred
 from pydantic import SecretStr
 
+from tasks.alerts.redact import redact
 from tasks.macro.series import (
     VINTAGE_COLUMNS,
     observations_frame,
@@ -21,9 +22,8 @@ from tasks.macro.series import (
     vintage_windows,
     vintages_frame,
 )
-from tasks.redact import redact
-from tasks.schema import macro_vintages
 from tasks.settings import MissingSetting
+from tasks.store.schema import macro_vintages
 
 DEFAULT_SERIES = (
     "DGS10", "DGS2", "T10Y2Y", "FEDFUNDS", "DFF", "CPIAUCSL", "CPILFESL", "UNRATE", "PAYEMS",

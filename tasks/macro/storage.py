@@ -9,10 +9,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks.ledger import record_flags
 from tasks.market.quality import Issue
-from tasks.schema import macro_observations, macro_series, macro_vintages
-from tasks.store import UpsertResult, write_frame
+from tasks.store.ledger import record_flags
+from tasks.store.schema import macro_observations, macro_series, macro_vintages
+from tasks.store.upsert import UpsertResult, write_frame
 
 
 @dataclass(frozen=True)

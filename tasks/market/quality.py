@@ -1,6 +1,6 @@
 """Price quality checks: before writing (calendar, OHLC, volume, jumps), after (freshness).
 
-Every Issue becomes a quality_flags row (tasks.ledger), once per symbol, day and kind.
+Every Issue becomes a quality_flags row (tasks.store.ledger), once per symbol, day and kind.
 """
 
 from __future__ import annotations

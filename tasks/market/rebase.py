@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tasks.market.frames import Frames
-from tasks.schema import corporate_actions, daily_prices
+from tasks.store.schema import corporate_actions, daily_prices
 
 # Relative difference past which a stored close or adj_close no longer equals the source's:
 # far below any dividend (a 0.1% payout is 1e-3), above float noise in a JSON round trip.

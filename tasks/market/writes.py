@@ -11,13 +11,14 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks.ledger import record_flags, record_rebase
 from tasks.market.calendars import Fetch, Market, sessions_between
 from tasks.market.quality import Issue, calendar_issues, check_prices
 from tasks.market.rebase import find_rebases, first_dates, read_stored, replace_symbols
 from tasks.market.yahoo import ChunkResult
-from tasks.schema import instruments
-from tasks.store import engine_from_settings, write_frame
+from tasks.store.engine import engine_from_settings
+from tasks.store.ledger import record_flags, record_rebase
+from tasks.store.schema import instruments
+from tasks.store.upsert import write_frame
 
 
 @dataclass

@@ -9,10 +9,10 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks import schema
 from tasks.market.calendars import market_of
 from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
 from tasks.models.model import ModelError
+from tasks.store import schema
 
 MODEL_BLOCK = "investflow-models"
 

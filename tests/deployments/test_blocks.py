@@ -104,7 +104,7 @@ def test_a_block_left_by_an_earlier_run_never_silently_wins(saved_blocks, monkey
 
 
 def test_registered_alert_block_delivers_through_send_alert(saved_blocks):
-    from tasks.notify import AlertLimiter, send_alert
+    from tasks.alerts.notify import AlertLimiter, send_alert
     from tests.fakes.webhook import FakeWebhook
 
     with FakeWebhook() as webhook:

@@ -106,7 +106,7 @@ def deployed(server, pg_admin_url, tmp_path_factory):
     """prefect.yaml deployed with the auth string; osaka and chuncheon workers serving it."""
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from tasks.store import migrate
+    from tasks.store.engine import migrate
 
     store_url = create_database(pg_admin_url)
     migrate(store_url)

@@ -96,7 +96,7 @@ def failed_runs(tmp_path_factory, pg_engine_module):
 
 @pytest.fixture(scope="module")
 def pg_engine_module(pg_url):
-    from tasks.store import get_engine
+    from tasks.store.engine import get_engine
 
     saved = os.environ.get("INVESTFLOW_DATABASE_URL")
     os.environ["INVESTFLOW_DATABASE_URL"] = pg_url

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from flows.backups import backup_postgres, backup_redis, verify_backups
 from tasks.backups.files import MANIFEST_SUFFIX, TIERS, BackupError, manifest_path
-from tasks.schema import backup_catalog
+from tasks.store.schema import backup_catalog
 from tests.conftest import create_database, drop_database
 from tests.fakes.s3 import FakeS3
 

@@ -11,8 +11,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.client.schemas.sorting import ArtifactSort
 
 from flows.health import ARTIFACT_KEY, health_page
-from tasks import schema
 from tasks.market.calendars import MARKETS, last_closed_session
+from tasks.store import schema
 
 pytestmark = pytest.mark.integration
 

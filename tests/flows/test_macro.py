@@ -23,7 +23,7 @@ from prefect.logging.handlers import APILogHandler
 
 from flows.macro import ingest_macro
 from tasks.macro.storage import AS_OF_SQL
-from tasks.schema import macro_observations, macro_series, macro_vintages, quality_flags
+from tasks.store.schema import macro_observations, macro_series, macro_vintages, quality_flags
 from tests.fakes.fred import NO_SERIES, FakeFred
 
 pytestmark = pytest.mark.integration

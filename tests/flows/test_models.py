@@ -13,8 +13,8 @@ import torch
 from flows.models import predict_returns, train_model
 from tasks.models import checkpoint, model, storage
 from tasks.models.features import WINDOW
-from tasks.schema import model_versions, predictions
-from tasks.store import upsert_frame
+from tasks.store.schema import model_versions, predictions
+from tasks.store.upsert import upsert_frame
 from tests.tasks.models.test_features import synthetic_prices
 
 pytestmark = pytest.mark.integration

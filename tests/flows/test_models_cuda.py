@@ -13,8 +13,8 @@ import sqlalchemy as sa
 import torch
 
 from flows.models import predict_returns, train_model
-from tasks.schema import predictions
-from tasks.store import upsert_frame
+from tasks.store.schema import predictions
+from tasks.store.upsert import upsert_frame
 from tests.tasks.models.test_features import synthetic_prices
 
 pytestmark = [

@@ -19,7 +19,6 @@ from tasks.backups.files import (
     estimate_size,
     fresh_data_path,
     partial_path,
-    run_logger,
     target_dir,
     target_lock,
     utcnow,
@@ -34,6 +33,7 @@ from tasks.backups.postgres.target import (
     stderr_message,
 )
 from tasks.backups.retention import StoredBackup, store_backup
+from tasks.logs import run_logger
 
 
 @dataclass

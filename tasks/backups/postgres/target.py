@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from tasks.alerts.redact import redact
 from tasks.backups.files import BackupError
-from tasks.redact import redact
 
 # How long a dump or restore waits for a table lock before it fails (and says so).
 LOCK_TIMEOUT_S = 60

@@ -7,9 +7,10 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.backups.files import BackupError, newest_complete, read_manifest, run_logger, target_dir
+from tasks.backups.files import BackupError, newest_complete, read_manifest, target_dir
 from tasks.backups.postgres.restore import restore_counts
 from tasks.backups.postgres.target import PgTarget
+from tasks.logs import run_logger
 
 
 def compare_counts(expected: dict[str, int], actual: dict[str, int]) -> list[str]:

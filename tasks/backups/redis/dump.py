@@ -21,13 +21,13 @@ from tasks.backups.files import (
     estimate_size,
     fresh_data_path,
     partial_path,
-    run_logger,
     target_dir,
     target_lock,
     utcnow,
 )
 from tasks.backups.redis.target import RedisTarget, parse_keyspace
 from tasks.backups.retention import StoredBackup, store_backup
+from tasks.logs import run_logger
 
 
 def parse_check_rdb(output: str) -> dict[str, int]:

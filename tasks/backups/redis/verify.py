@@ -7,8 +7,9 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.backups.files import BackupError, newest_complete, read_manifest, run_logger
+from tasks.backups.files import BackupError, newest_complete, read_manifest
 from tasks.backups.redis.restore import loaded_keys
+from tasks.logs import run_logger
 
 
 @task(name="verify-redis-restore", tags=["backup"], cache_policy=NONE)

@@ -7,8 +7,8 @@ import datetime as dt
 from sqlalchemy.engine import Connection
 
 from tasks.market.quality import Issue
-from tasks.schema import price_rebases, quality_flags
-from tasks.sql import insert_new
+from tasks.store.schema import price_rebases, quality_flags
+from tasks.store.sql import insert_new
 
 
 def record_flags(

@@ -1,38 +1,20 @@
-"""The market store: engines, migrations, and the one idempotent upsert every flow writes with."""
+"""The one idempotent upsert every flow writes with, and the watermarks it leaves."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
-from tasks import schema
-from tasks.sql import insert_new, lock_entities
-from tasks.validate import Rejected, fingerprint, split_rejects
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-COPY_SLICE = 50_000
-
-# The PostgreSQL binary COPY type of each column type we use.
-_PG_TYPES = {
-    sa.String: "text",
-    sa.Text: "text",
-    sa.Date: "date",
-    sa.Float: "float8",
-    sa.BigInteger: "int8",
-    sa.Integer: "int4",
-    sa.DateTime: "timestamptz",
-    sa.Boolean: "bool",
-    sa.JSON: "json",
-}
+from tasks.store import schema
+from tasks.store.copy import copy_frame, python_columns
+from tasks.store.sql import insert_new, lock_entities
+from tasks.store.validate import Rejected, fingerprint, split_rejects
 
 
 @dataclass
@@ -61,59 +43,12 @@ class UpsertResult:
         )
 
 
-def normalize_url(url: str) -> str:
-    """Use psycopg 3 for PostgreSQL whichever spelling of the URL was given."""
-    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix) :]
-    return url
-
-
-def ensure_sqlite_folder(url: str) -> None:
-    """SQLite creates the file but not its folder: a fresh clone has no ./data yet."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-
-
-@lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
-    """One pooled engine per database URL for the life of the process."""
-    url = normalize_url(url)
-    ensure_sqlite_folder(url)
-    if url.startswith("sqlite:///"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
-
-
-def engine_from_settings(settings=None) -> Engine:
-    """The market store: INVESTFLOW_DATABASE_URL, else the market-database block, else SQLite."""
-    from blocks.database import database_url
-    from tasks.settings import get_settings
-
-    return get_engine(database_url(settings or get_settings()))
-
-
-def migrate(url: str) -> None:
-    """Bring the database at url to the newest schema (alembic upgrade head); safe to repeat."""
-    from alembic import command
-    from alembic.config import Config
-
-    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
-    cfg.attributes["url"] = normalize_url(url)
-    ensure_sqlite_folder(cfg.attributes["url"])
-    command.upgrade(cfg, "head")
-
-
-# ---------------------------------------------------------------------------- upsert
-
-
 def upsert_frame(
     engine: Engine, table_name: str, frame: pd.DataFrame, *, flow_run_id: str | None = None
 ) -> UpsertResult:
     """Write frame into table_name idempotently, whole or not at all (its own transaction).
 
-    Rows that fail the checks in tasks.validate are set aside in rejected_rows with their
+    Rows that fail the checks in tasks.store.validate are set aside in rejected_rows with their
     reason, in the same transaction, and returned; the good rows of the batch still land.
     Same frame twice: the second call inserts and updates nothing.
     """
@@ -172,52 +107,6 @@ def write_frame(
     return result
 
 
-def _python_columns(frame: pd.DataFrame, spec: schema.UpsertSpec, columns: list[str]):
-    """Column arrays of plain Python values (None for missing) in the order of columns."""
-    out = []
-    for name in columns:
-        col_type = spec.table.c[name].type
-        series = frame[name]
-        if isinstance(col_type, sa.Date):
-            values = pd.to_datetime(series).dt.date.to_numpy(dtype=object)
-        elif isinstance(col_type, sa.Float):
-            arr = pd.to_numeric(series, errors="coerce").to_numpy(dtype="float64")
-            values = arr.astype(object)
-            values[np.isnan(arr)] = None
-        elif isinstance(col_type, sa.Integer):  # BigInteger is a subclass
-            arr = pd.to_numeric(series, errors="coerce")
-            values = np.array(
-                [None if pd.isna(v) else int(v) for v in arr.to_numpy()], dtype=object
-            )
-        else:
-            values = series.astype(object).where(series.notna(), None).to_numpy(dtype=object)
-        out.append(values)
-    return out
-
-
-def _pg_type(column: sa.Column) -> str:
-    for sa_type, pg in _PG_TYPES.items():
-        if isinstance(column.type, sa_type):
-            return pg
-    raise TypeError(f"no COPY type for {column.table.name}.{column.name}: {column.type}")
-
-
-def copy_frame(cursor, table: str, spec, columns: list[str], frame: pd.DataFrame) -> None:
-    """Binary COPY of frame into table through a psycopg cursor, converted in slices.
-
-    Slicing keeps the Python objects of only COPY_SLICE rows alive at a time, so memory stays
-    flat however large the batch.
-    """
-    types = [_pg_type(spec.table.c[c]) for c in columns]
-    cols = ", ".join(f'"{c}"' for c in columns)
-    with cursor.copy(f"COPY {table} ({cols}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
-        for start in range(0, len(frame), COPY_SLICE):
-            arrays = _python_columns(frame.iloc[start : start + COPY_SLICE], spec, columns)
-            for row in zip(*arrays, strict=True):
-                copy.write_row(row)
-
-
 def _stamp(spec: schema.UpsertSpec) -> str:
     """The column that records when a row last changed."""
     return "ingested_at" if "ingested_at" in spec.table.c else "updated_at"
@@ -229,15 +118,7 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
     direct = pd.Series(False, index=frame.index)
     if spec.watermark:
         entity, order = spec.watermark
-        marks = dict(
-            conn.execute(
-                sa.text(
-                    f"SELECT {entity}, max({order}) FROM {table} "
-                    f"WHERE {entity} = ANY(:ids) GROUP BY {entity}"
-                ),
-                {"ids": sorted(frame[entity].astype(str).unique())},
-            ).all()
-        )
+        marks = newest_per_entity(conn, spec, sorted(frame[entity].astype(str).unique()))
         # Rows past their entity's newest stored date cannot conflict: copy them straight in.
         stored = pd.to_datetime(frame[entity].map(marks))
         direct = stored.isna() | (pd.to_datetime(frame[order]) > stored)
@@ -298,7 +179,7 @@ def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFra
     )
     stage.create(conn)
     try:
-        arrays = _python_columns(frame, spec, columns)
+        arrays = python_columns(frame, spec, columns)
         conn.execute(stage.insert(), [dict(zip(columns, row)) for row in zip(*arrays)])
         values = [c for c in columns if c not in spec.key]
         join = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
@@ -331,9 +212,15 @@ def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, d
     spec = schema.UPSERT_SPECS[table_name]
     if not spec.watermark or not ids:
         return {}
+    with engine.connect() as conn:
+        return newest_per_entity(conn, spec, ids)
+
+
+def newest_per_entity(conn: Connection, spec: schema.UpsertSpec, ids: list[str]) -> dict:
+    """The newest watermark value per entity among ids; entities with no rows are left out."""
     entity, order = spec.watermark
     table = spec.table
-    if engine.dialect.name == "postgresql":
+    if conn.dialect.name == "postgresql":
         # One primary-key probe per id (the newest row of each), not a scan and group of the
         # whole table: what a daily run pays for its watermarks stays per symbol, not per row.
         wanted = sa.func.unnest(sa.cast(sa.bindparam("ids"), ARRAY(sa.Text)))
@@ -343,8 +230,7 @@ def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, d
             .where(table.c[entity] == wanted.c.id)
             .scalar_subquery()
         )
-        query = sa.select(wanted.c.id, newest)
-        params = {"ids": list(ids)}
+        query, params = sa.select(wanted.c.id, newest), {"ids": list(ids)}
     else:
         query = (
             sa.select(table.c[entity], sa.func.max(table.c[order]))
@@ -352,5 +238,4 @@ def latest_dates(engine: Engine, table_name: str, ids: list[str]) -> dict[str, d
             .group_by(table.c[entity])
         )
         params = {}
-    with engine.connect() as conn:
-        return {row[0]: row[1] for row in conn.execute(query, params) if row[1] is not None}
+    return {row[0]: row[1] for row in conn.execute(query, params) if row[1] is not None}

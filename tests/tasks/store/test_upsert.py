@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from tasks.schema import daily_prices, ingest_batches, rejected_rows
-from tasks.sql import lock_entities
-from tasks.store import latest_dates, migrate, upsert_frame
+from tasks.store.engine import migrate
+from tasks.store.schema import daily_prices, ingest_batches, rejected_rows
+from tasks.store.sql import lock_entities
+from tasks.store.upsert import latest_dates, upsert_frame
 
 pytestmark = pytest.mark.integration
 
@@ -75,7 +76,7 @@ def test_upgrading_keeps_one_row_per_refused_row(pg_admin_url):
     from alembic import command
     from alembic.config import Config
 
-    from tasks.store import PROJECT_ROOT, normalize_url
+    from tasks.store.engine import PROJECT_ROOT, normalize_url
     from tests.conftest import create_database, drop_database
 
     url = create_database(pg_admin_url)

@@ -114,8 +114,8 @@ def macro_facts(frequency: str, newest: dt.date | None, now: dt.datetime) -> dic
 
 def macro_newest(engine: sa.Engine) -> dict[str, dt.date]:
     """The newest stored observation per FRED frequency (the macro groups)."""
-    from tasks.schema import macro_observations as obs
-    from tasks.schema import macro_series as series
+    from tasks.store.schema import macro_observations as obs
+    from tasks.store.schema import macro_series as series
 
     query = (
         sa.select(series.c.frequency, sa.func.max(obs.c.obs_date))

@@ -2,7 +2,7 @@
 
 from pydantic import SecretStr
 
-from tasks.redact import known_secrets, redact
+from tasks.alerts.redact import known_secrets, redact
 from tasks.settings import Settings
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import SecretStr
 
-from tasks.notify import AlertLimiter, block_for_url, send_alert
-from tasks.redact import redact
+from tasks.alerts.notify import AlertLimiter, block_for_url, send_alert
+from tasks.alerts.redact import redact
 from tasks.settings import Settings
 from tests.fakes.webhook import FakeWebhook
 
@@ -111,7 +111,7 @@ def test_a_stalled_webhook_times_out(webhook):
 
 @pytest.mark.integration
 def test_without_a_channel_the_alert_is_only_logged(caplog):
-    caplog.set_level("INFO", logger="tasks.notify")
+    caplog.set_level("INFO", logger="tasks.alerts.notify")
     send_alert("Nowhere", "x", settings=Settings(alert_webhook_url=None), limiter=AlertLimiter())
     assert "No alert channel configured" in caplog.text
 

@@ -6,9 +6,9 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from tasks import schema
-from tasks.freshness import freshness, macro_facts, macro_newest
+from tasks.health.freshness import freshness, macro_facts, macro_newest
 from tasks.market.calendars import MARKETS, last_closed_session
+from tasks.store import schema
 
 
 def _aware(moment):
@@ -88,7 +88,7 @@ def promoted_models(engine: sa.Engine) -> list[dict]:
 
 
 def open_quality_flags(engine: sa.Engine, limit: int = 20) -> list[dict] | None:
-    """Rows of quality_flags (tasks/ledger.py writes them), or None where the store has none."""
+    """Rows of quality_flags (written by tasks/store/ledger.py), or None where there are none."""
     if not sa.inspect(engine).has_table("quality_flags"):
         return None
     table = sa.Table("quality_flags", sa.MetaData(), autoload_with=engine)

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from tasks.alerts.redact import known_secrets, redact
 from tasks.logs import run_logger
-from tasks.redact import known_secrets, redact
 from tasks.settings import Settings, get_settings
 
 BLOCK_NAME = "investflow-alerts"

@@ -1,0 +1,1 @@
+"""Alerts: webhook notifications and the redaction of secrets from anything they carry."""

@@ -1,0 +1,55 @@
+"""The market store's engines (one pool per URL) and its migrations."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for PostgreSQL whichever spelling of the URL was given."""
+    for prefix in ("postgresql://", "postgres://", "postgresql+psycopg2://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def ensure_sqlite_folder(url: str) -> None:
+    """SQLite creates the file but not its folder: a fresh clone has no ./data yet."""
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """One pooled engine per database URL for the life of the process."""
+    url = normalize_url(url)
+    ensure_sqlite_folder(url)
+    if url.startswith("sqlite:///"):
+        return sa.create_engine(url, connect_args={"timeout": 30})
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+
+
+def engine_from_settings(settings=None) -> Engine:
+    """The market store: INVESTFLOW_DATABASE_URL, else the market-database block, else SQLite."""
+    from blocks.database import database_url
+    from tasks.settings import get_settings
+
+    return get_engine(database_url(settings or get_settings()))
+
+
+def migrate(url: str) -> None:
+    """Bring the database at url to the newest schema (alembic upgrade head); safe to repeat."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    cfg.attributes["url"] = normalize_url(url)
+    ensure_sqlite_folder(cfg.attributes["url"])
+    command.upgrade(cfg, "head")
