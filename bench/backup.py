@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.memory import peak_rss_mb  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "backup.json"
 ROWS = 1_000_000
 REPEATS = 5
@@ -163,7 +165,7 @@ def main() -> None:
         "ratio": round(statistics.median(ours_times) / statistics.median(bare_times), 3),
         # This process (Prefect, SQLAlchemy, psycopg imported) plus pg_dump, sampled together.
         "peak_rss_mb": round(rss.peak / 2**20, 1),
-        "python_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "python_peak_rss_mb": round(peak_rss_mb(), 1),
         "python_rss_before_mb": round(before / 2**20, 1),
         "ours_runs_s": [round(t, 3) for t in ours_times],
         "pg_dump_runs_s": [round(t, 3) for t in bare_times],

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -32,10 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.memory import peak_rss_mb  # noqa: E402
 from bench.scratch import create_store, drop_store  # noqa: E402
 from tasks.models import checkpoint, model, storage  # noqa: E402
 from tasks.models.features import FEATURE_SPEC, WINDOW, Normaliser, latest_windows, session_features  # noqa: E402
-from tasks.store import get_engine, upsert_frame  # noqa: E402
+from tasks.store.engine import get_engine
+from tasks.store.upsert import upsert_frame  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "inference.json"
 
@@ -61,10 +62,6 @@ def synthetic_prices(symbols: int, sessions: int, seed: int = 11) -> pd.DataFram
             "source": "bench",
         }
     )
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def timed(fn) -> float:

@@ -20,6 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.memory import peak_rss_mb  # noqa: E402
+
 SYMBOLS = [f"B{i:03d}" for i in range(500)]
 BACKFILL_AS_OF = "2026-11-20T22:00:00+00:00"  # a Friday after the NYSE close
 DAILY_AS_OF = "2026-11-23T22:00:00+00:00"  # the Monday after: one new session
@@ -29,10 +31,6 @@ START = "2016-11-21"
 # The rate limit as good as off (its slots taken a chunk at a time): measure our code, not the
 # polite production 4/s.
 RATE_SLOTS, RATE_PER_S = 1000, 1000.0
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def cpu_seconds() -> float:

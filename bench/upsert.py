@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,9 +31,12 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.memory import peak_rss_mb  # noqa: E402
 from bench.scratch import create_store, drop_store  # noqa: E402
-from tasks.schema import UPSERT_SPECS  # noqa: E402
-from tasks.store import copy_frame, get_engine, upsert_frame  # noqa: E402
+from tasks.store.copy import copy_frame  # noqa: E402
+from tasks.store.engine import get_engine
+from tasks.store.schema import UPSERT_SPECS  # noqa: E402
+from tasks.store.upsert import upsert_frame  # noqa: E402
 
 SYMBOLS = 500
 LOOKBACK = 5  # flows/prices.py lookback_sessions default
@@ -93,7 +95,7 @@ def run_to_sql(url: str, rows: int) -> None:
             "raw_to_sql", engine, if_exists="append", index=False, chunksize=10_000
         )
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak}))
 
 
@@ -148,7 +150,7 @@ def main() -> None:
             seconds, to_sql_rss = to_sql_in_child(url, args.rows)
             record("to_sql", seconds)
         del changed
-        one_call_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        one_call_peak_mb = peak_rss_mb()
 
         # 2. The flow's path. The history: the frame above (500 symbols), in both tables.
         with engine.begin() as conn:
@@ -201,7 +203,7 @@ def main() -> None:
         drop_store(url)
 
     med = {name: statistics.median(values) for name, values in runs.items()}
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     figures = {
         "rows": n,
         "repeats": args.repeats,
@@ -224,7 +226,7 @@ def main() -> None:
         # The process that built the 500k-row frame and ran COPY and our one-call upserts;
         # then with the flow-path part too (a second 500k frame, split per symbol, held).
         "peak_rss_mb": round(one_call_peak_mb, 1),
-        "peak_rss_mb_with_flow_path": round(peak_rss_mb, 1),
+        "peak_rss_mb_with_flow_path": round(peak_mb, 1),
         "to_sql_peak_rss_mb": round(to_sql_rss, 1),
         # The host is shared: the 1-minute load average says how quiet it was.
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
