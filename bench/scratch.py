@@ -24,6 +24,14 @@ def create_store(admin_url: str = ADMIN_URL, prefix: str = "investflow_bench") -
     return url
 
 
+def clone_store(url: str, admin_url: str = ADMIN_URL) -> str:
+    """A new database holding a copy of url's (nothing may be connected to it meanwhile)."""
+    name = f"{url.rsplit('/', 1)[1]}_copy_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{url.rsplit("/", 1)[1]}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
 def drop_store(url: str, admin_url: str = ADMIN_URL) -> None:
     """Drop the database, closing whatever still holds a connection to it."""
     get_engine.cache_clear()
