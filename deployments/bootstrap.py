@@ -17,7 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound
 
-from deployments.pools import POOL_NAMES, POOLS, base_job_template
+from deployments.pools import CPU_IMAGE_VARIABLE, POOL_NAMES, POOLS, base_job_template
 from tasks.settings import get_settings
 
 
@@ -56,6 +56,18 @@ def apply_pools(local: bool = False) -> None:
                 print(f"  work pool {pool.name} ({kind}): updated")
             else:
                 print(f"  work pool {pool.name} ({kind}): unchanged")
+    apply_cpu_image(settings.cpu_image)
+
+
+def apply_cpu_image(image: str) -> None:
+    """The CPU model image predict-returns-cpu names on the fargate pool (see prefect.yaml)."""
+    from prefect.variables import Variable
+
+    if Variable.get(CPU_IMAGE_VARIABLE) == image:
+        print(f"  variable {CPU_IMAGE_VARIABLE}: unchanged")
+        return
+    Variable.set(CPU_IMAGE_VARIABLE, image, overwrite=True)
+    print(f"  variable {CPU_IMAGE_VARIABLE}: {image}")
 
 
 def migrate_store(local: bool = False) -> None:

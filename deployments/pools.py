@@ -63,6 +63,11 @@ CAPACITY_PROVIDER_STRATEGY = [
 ]
 
 
+# The Prefect Variable holding the CPU model image, set by the bootstrap's pools step from the
+# settings; prefect.yaml's predict-returns-cpu reads it, as `prefect deploy` resolves it there.
+CPU_IMAGE_VARIABLE = "investflow_cpu_image"
+
+
 def _set_defaults(template: dict, defaults: dict) -> dict:
     template = copy.deepcopy(template)
     props = template["variables"]["properties"]
@@ -79,7 +84,8 @@ def ecs_template(settings: Settings) -> dict:
         ECSWorker.get_default_base_job_template(),
         {
             "cluster": settings.ecs_cluster,
-            "image": settings.cpu_image,
+            # us-prices, kr-prices and macro run it; predict-returns-cpu names its own image.
+            "image": settings.ingestion_image,
             "capacity_provider_strategy": CAPACITY_PROVIDER_STRATEGY,
             "cpu": FARGATE_INGEST["cpu"],
             "memory": FARGATE_INGEST["memory"],

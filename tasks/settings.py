@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     ecs_security_groups: list[str] = []
     ecs_execution_role_arn: str | None = None
     ecs_log_group: str = "/investflow/flows"
+    # One image per route (deployments/docker/): ingestion is the fargate pool's default, cpu
+    # the CPU fallback's (predict-returns-cpu on that pool), gpu the desktop's.
+    ingestion_image: str = "ghcr.io/investflow/investflow-ingestion:latest"
     cpu_image: str = "ghcr.io/investflow/investflow-cpu:latest"
     gpu_image: str = "ghcr.io/investflow/investflow-gpu:latest"
 

@@ -7,6 +7,7 @@ registered beforehand) is given here. moto runs no containers: the point is the 
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from uuid import UUID
 
@@ -14,6 +15,7 @@ import pytest
 import yaml
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.utilities.templating import resolve_variables
 
 from deployments.pools import ecs_template
 from tasks.settings import Settings
@@ -51,7 +53,7 @@ def fargate_route(aws):
         ecs_security_groups=[group_id],
         ecs_execution_role_arn=EXECUTION_ROLE_ARN,
     )
-    task_definition_arn = aws.register_task_definition("investflow-flows", settings.cpu_image)
+    task_definition_arn = aws.register_task_definition("investflow-flows", settings.ingestion_image)
     pool = f"fargate-moto-{suffix}"
     with get_client(sync_client=True) as client:
         client.create_work_pool(
@@ -174,7 +176,8 @@ def test_ecs_worker_asks_for_fargate_spot_first_at_256_512(aws, fargate_route):
         assert definition["networkMode"] == "awsvpc"
         assert definition["executionRoleArn"] == EXECUTION_ROLE_ARN
         (container_definition,) = definition["containerDefinitions"]
-        assert container_definition["image"] == settings.cpu_image
+        # The pool's default image: the ingestion one, built without torch, oci or matplotlib.
+        assert container_definition["image"] == settings.ingestion_image
         logs = container_definition["logConfiguration"]
         assert logs["logDriver"] == "awslogs"
         assert logs["options"]["awslogs-group"] == settings.ecs_log_group
@@ -191,3 +194,34 @@ def test_ecs_worker_asks_for_fargate_spot_first_at_256_512(aws, fargate_route):
         with get_client(sync_client=True) as client:
             for deployment_id in (registered, templated):
                 client.delete_deployment(deployment_id)
+
+
+def test_only_the_cpu_fallback_leaves_the_pools_ingestion_image():
+    """predict-returns-cpu names the CPU model image, a Variable the bootstrap sets."""
+    from prefect.variables import Variable
+
+    from deployments.bootstrap import apply_cpu_image
+    from deployments.pools import CPU_IMAGE_VARIABLE
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    on_fargate = {d["name"]: d for d in spec["deployments"] if d["work_pool"]["name"] == "fargate"}
+    own_image = {
+        name: d["work_pool"]["job_variables"]["image"]
+        for name, d in on_fargate.items()
+        if "image" in d["work_pool"].get("job_variables", {})
+    }
+    assert set(own_image) == {"predict-returns-cpu"}
+    assert set(on_fargate) - set(own_image) == {"us-prices", "kr-prices", "macro"}
+
+    before = Variable.get(CPU_IMAGE_VARIABLE)
+    image = f"registry.example/investflow-cpu:{uuid.uuid4().hex[:12]}"
+    try:
+        apply_cpu_image(image)
+        # What `prefect deploy` does with the entry's job variables before sending them.
+        resolved = asyncio.run(resolve_variables(own_image))
+        assert resolved == {"predict-returns-cpu": image}
+    finally:
+        if before is None:
+            Variable.unset(CPU_IMAGE_VARIABLE)
+        else:
+            Variable.set(CPU_IMAGE_VARIABLE, before, overwrite=True)
