@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-BLOCK_NAME = "market-database"
+from blocks.names import MARKET_DATABASE
 
 
 class MarketDatabase(Block):
@@ -25,6 +25,6 @@ def database_url(settings) -> str:
     if "database_url" in settings.model_fields_set:
         return settings.database_url.get_secret_value()
     try:
-        return MarketDatabase.load(BLOCK_NAME).url.get_secret_value()
+        return MarketDatabase.load(MARKET_DATABASE).url.get_secret_value()
     except ValueError:  # no such block saved: the local default
         return settings.database_url.get_secret_value()

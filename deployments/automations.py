@@ -17,8 +17,8 @@ import json
 from prefect.events.actions import SendNotification
 from prefect.events.schemas.automations import AutomationCore
 
+from blocks.names import ALERTS
 from deployments.alert_rules import TAG, cadences, desired
-from deployments.blocks import ALERTS
 
 
 def _comparable(automation) -> str:

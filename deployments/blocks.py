@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from blocks.names import (
+    ALERTS,
+    AWS_CREDENTIALS,
+    BACKUP_BUCKET,
+    FRED_API_KEY,
+    MARKET_DATABASE,
+    MODEL_BUCKET,
+    OCI_CREDENTIALS,
+)
 from tasks.settings import Settings, get_settings
-
-# The names flows load; a flow whose block is missing says which one to create.
-MARKET_DATABASE = "market-database"
-FRED_API_KEY = "fred-api-key"
-AWS_CREDENTIALS = "investflow-aws"
-BACKUP_BUCKET = "investflow-backups"
-MODEL_BUCKET = "investflow-models"
-OCI_CREDENTIALS = "oci-credentials"
-ALERTS = "investflow-alerts"
 
 
 def _market_database(settings: Settings):

@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.loading import load_block
+from blocks.names import OCI_CREDENTIALS
 from blocks.oci import OciCredentials
 from tasks.alerts.notify import send_alert
 from tasks.oci import campaign
@@ -84,7 +85,7 @@ def launch_a1_instance(
     limit_exceeded_attempts: int = 10,  # LimitExceeded answers in a row before giving up
     max_run_minutes: float = 9,  # under the 10-minute schedule: runs never overlap
     progress_every: int = 20,
-    credentials_block: str = "oci-credentials",
+    credentials_block: str = OCI_CREDENTIALS,
     pause_schedule_when_done: bool = True,
 ) -> dict:
     """Try to launch the instance until it exists or max_run_minutes pass; state carries over."""

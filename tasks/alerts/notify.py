@@ -10,11 +10,11 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from blocks.names import ALERTS
 from tasks.alerts.redact import known_secrets, redact
 from tasks.logs import run_logger
 from tasks.settings import Settings, get_settings
 
-BLOCK_NAME = "investflow-alerts"
 MAX_CHARS = 1900  # Discord rejects message content over 2000 characters
 
 
@@ -108,7 +108,7 @@ def _deliver(title: str, message: str, settings: Settings) -> None:
 
 
 def _load_block():
-    """The saved notification block named BLOCK_NAME, or None when there is none."""
+    """The saved notification block named ALERTS, or None when there is none."""
     from prefect.blocks.notifications import (
         CustomWebhookNotificationBlock,
         DiscordWebhook,
@@ -118,7 +118,7 @@ def _load_block():
     # A custom webhook block serves any other JSON endpoint (and the local stand-in).
     for block_type in (DiscordWebhook, SlackWebhook, CustomWebhookNotificationBlock):
         try:
-            return block_type.load(BLOCK_NAME)
+            return block_type.load(ALERTS)
         except ValueError:  # no block of this type with that name
             continue
     return None

@@ -10,6 +10,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
+from blocks.names import AWS_CREDENTIALS, BACKUP_BUCKET
 from tasks.backups.files import (
     MANIFEST_SUFFIX,
     BackupError,
@@ -20,8 +21,6 @@ from tasks.backups.files import (
 from tasks.backups.retention import StoredBackup, plan_retention
 from tasks.logs import run_logger
 
-BUCKET_BLOCK = "investflow-backups"
-CREDENTIALS_BLOCK = "investflow-aws"
 # One PUT carries a whole-object SHA-256 the store checks on arrival (S3 allows up to 5 GiB);
 # larger files go multipart, where S3 only keeps per-part SHA-256s.
 SINGLE_PUT_MAX = 5 * 1024**3
@@ -49,18 +48,18 @@ def load_bucket(required: bool | None, endpoint_url: str | None):
     from prefect_aws import AwsCredentials, S3Bucket
 
     try:
-        bucket = S3Bucket.load(BUCKET_BLOCK)
+        bucket = S3Bucket.load(BACKUP_BUCKET)
     except ValueError:
         if required:
             raise BackupError(
-                f"offsite copy was asked for but the S3Bucket block {BUCKET_BLOCK!r} does not "
+                f"offsite copy was asked for but the S3Bucket block {BACKUP_BUCKET!r} does not "
                 "exist; create it (and AwsCredentials 'investflow-aws') first"
             ) from None
         return None
     if required is False:
         return None
     try:
-        bucket.credentials = AwsCredentials.load(CREDENTIALS_BLOCK)
+        bucket.credentials = AwsCredentials.load(AWS_CREDENTIALS)
     except ValueError:
         pass  # the bucket block's own nested credentials are used
     if endpoint_url:

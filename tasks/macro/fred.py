@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from fredapi import Fred
 from pydantic import SecretStr
 
+from blocks.names import FRED_API_KEY
 from tasks.alerts.redact import redact
 from tasks.macro.series import (
     VINTAGE_COLUMNS,
@@ -29,7 +30,6 @@ DEFAULT_SERIES = (
     "DGS10", "DGS2", "T10Y2Y", "FEDFUNDS", "DFF", "CPIAUCSL", "CPILFESL", "UNRATE", "PAYEMS",
     "VIXCLS", "DTWEXBGS", "DCOILWTICO", "T10YIE", "DEXKOUS",
 )  # fmt: skip
-SECRET_BLOCK = "fred-api-key"
 
 
 class FredError(RuntimeError):
@@ -61,7 +61,7 @@ def resolve_api_key(settings) -> SecretStr:
     from prefect.blocks.system import Secret
 
     try:
-        value = Secret.load(SECRET_BLOCK).get()
+        value = Secret.load(FRED_API_KEY).get()
     except ValueError:  # no such block: fall back to the setting
         value = None
     if value:
@@ -69,7 +69,7 @@ def resolve_api_key(settings) -> SecretStr:
     if settings.fred_api_key is not None and settings.fred_api_key.get_secret_value():
         return settings.fred_api_key
     raise MissingSetting(
-        f"No FRED API key: create a Prefect Secret block named '{SECRET_BLOCK}' or set "
+        f"No FRED API key: create a Prefect Secret block named '{FRED_API_KEY}' or set "
         "INVESTFLOW_FRED_API_KEY (environment or .env)"
     )
 

@@ -9,12 +9,11 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from blocks.names import MODEL_BUCKET
 from tasks.market.calendars import market_of
 from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
 from tasks.models.model import ModelError
 from tasks.store import schema
-
-MODEL_BLOCK = "investflow-models"
 
 
 class NoPromotedModel(ModelError):
@@ -112,7 +111,7 @@ def open_storage(model_dir: Path, use_block: bool = True) -> LocalStorage | S3St
         try:
             from prefect_aws.s3 import S3Bucket
 
-            return S3Storage(S3Bucket.load(MODEL_BLOCK))
+            return S3Storage(S3Bucket.load(MODEL_BUCKET))
         except ValueError:  # no such block document (or type) on this server
             pass
     return LocalStorage(model_dir)
@@ -122,7 +121,7 @@ def read_checkpoint(uri: str, model_dir: Path) -> bytes:
     """Fetch a checkpoint's bytes wherever it was stored."""
     storage = open_storage(model_dir, use_block=uri.startswith("s3://"))
     if uri.startswith("s3://") and not isinstance(storage, S3Storage):
-        raise FileNotFoundError(f"{uri} is in S3 but the {MODEL_BLOCK} block is not configured")
+        raise FileNotFoundError(f"{uri} is in S3 but the {MODEL_BUCKET} block is not configured")
     try:
         return storage.get(uri)
     except FileNotFoundError as exc:

@@ -59,23 +59,23 @@ class FakeS3:
         """
         from prefect_aws import AwsCredentials, S3Bucket
 
-        from tasks.backups.offsite import BUCKET_BLOCK, CREDENTIALS_BLOCK
+        from blocks.names import AWS_CREDENTIALS, BACKUP_BUCKET
 
         creds = AwsCredentials(
             aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY, region_name=REGION
         )
-        creds.save(CREDENTIALS_BLOCK, overwrite=True)
+        creds.save(AWS_CREDENTIALS, overwrite=True)
         S3Bucket(bucket_name=self.bucket, credentials=creds, bucket_folder=folder).save(
-            BUCKET_BLOCK, overwrite=True
+            BACKUP_BUCKET, overwrite=True
         )
 
     @staticmethod
     def delete_blocks() -> None:
         from prefect_aws import AwsCredentials, S3Bucket
 
-        from tasks.backups.offsite import BUCKET_BLOCK, CREDENTIALS_BLOCK
+        from blocks.names import AWS_CREDENTIALS, BACKUP_BUCKET
 
-        for cls, name in ((S3Bucket, BUCKET_BLOCK), (AwsCredentials, CREDENTIALS_BLOCK)):
+        for cls, name in ((S3Bucket, BACKUP_BUCKET), (AwsCredentials, AWS_CREDENTIALS)):
             try:
                 cls.delete(name)
             except ValueError:
