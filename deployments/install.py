@@ -2,7 +2,8 @@
 
     python -m deployments.install ROUTE [--root DIR] [--user U] [--prefix DIR]
         [--api-url URL] [--auth-string-file F | --api-key-file F] [--set KEY=VALUE ...]
-        [--server-name HOST] [--tls-cert F] [--tls-key F] [--no-systemctl] [--force]
+        [--server-name HOST] [--tls-cert F] [--tls-key F] [--server-port N]
+        [--http-port N] [--https-port N] [--listen-address ADDR ...] [--no-systemctl] [--force]
     python -m deployments.install uninstall ROUTE [--root DIR] [--no-systemctl]
 
 ROUTE is `server` (Prefect server unit, its environment file, nginx) or a work pool:
@@ -220,6 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-name", help="nginx server_name (default: the API URL's host)")
     parser.add_argument("--tls-cert", help="certificate (default: certbot's fullchain.pem)")
     parser.add_argument("--tls-key", help="private key (default: certbot's privkey.pem)")
+    parser.add_argument("--server-port", type=int, help="the Prefect server's loopback port "
+                        "(default: the environment file's, else 4200)")  # fmt: skip
+    parser.add_argument("--http-port", type=int, default=80, help="nginx's redirect to HTTPS")
+    parser.add_argument("--https-port", type=int, default=443, help="nginx's TLS port")
+    parser.add_argument("--listen-address", action="append", default=[], metavar="ADDR",
+                        help="nginx's address (repeatable; default: every one)")  # fmt: skip
     parser.add_argument("--no-systemctl", action="store_true", help="write files only")
     parser.add_argument("--force", action="store_true", help="replace files this did not write")
     opts = parser.parse_args(argv)

@@ -162,14 +162,21 @@ def _server_plan(
     if auth is not None:
         explicit |= {"PREFECT_SERVER_API_AUTH_STRING": auth, "PREFECT_API_AUTH_STRING": auth}
     host = opts.server_name or urlsplit(values["API_URL"]).hostname or "prefect.example.com"
+    # nginx's upstream and the server's own port are one value: given now, else the file's.
+    port = opts.server_port or parse_env(existing or "").get("PREFECT_SERVER_API_PORT") or 4200
+    explicit["PREFECT_SERVER_API_PORT"] = str(port)
     values |= {
         "ENV_FILE": f"/{env_rel}",
         "AUTH_STRING": auth or "",
         "DATABASE_URL": "postgresql+asyncpg://prefect:CHANGE_ME@DATA_NODE:5432/prefect",
-        "PORT": "4200",
+        "PORT": str(port),
         "SERVER_NAME": host,
         "TLS_CERT": opts.tls_cert or f"/etc/letsencrypt/live/{host}/fullchain.pem",
         "TLS_KEY": opts.tls_key or f"/etc/letsencrypt/live/{host}/privkey.pem",
+        "LISTEN_HTTP": _listen(opts.listen_address, opts.http_port, ""),
+        "LISTEN_HTTPS": _listen(opts.listen_address, opts.https_port, " ssl http2"),
+        # The redirect keeps a non-standard HTTPS port, or it would send clients to 443.
+        "HTTPS_ORIGIN": "https://$host" + (f":{opts.https_port}" if opts.https_port != 443 else ""),
     }
     env = merge_env(_tpl(SERVER / "prefect-server.env.example", values), existing, explicit)
     files = [
@@ -186,6 +193,12 @@ def _server_plan(
         ),
     ]
     return files, ["prefect-server.service"]
+
+
+def _listen(addresses: list[str], port: int, params: str) -> str:
+    """nginx `listen` lines for port on each address (none given: every IPv4 and IPv6 one)."""
+    binds = [f"[{a.strip('[]')}]:{port}" if ":" in a else f"{a}:{port}" for a in addresses]
+    return "\n    ".join(f"listen {b}{params};" for b in binds or [port, f"[::]:{port}"])
 
 
 def _worker_plan(

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
 
+from tasks.backups.redis.restore import free_port  # imports no Prefect
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -31,9 +33,9 @@ def stack_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def run(args: list[str], env: dict[str, str], timeout: float = 300) -> str:
-    """Run a command from the repository root; fail with its output if it fails."""
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], env: dict[str, str], timeout: float = 300, cwd: Path = ROOT) -> str:
+    """Run a command (from the repository root); fail with its output if it fails."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(args)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n"
@@ -130,6 +132,41 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def auth_server(home: Path, database_url: str, auth: str) -> Iterator[str]:
+    """`prefect server start` on a free loopback port, guarded by auth; yield its API URL.
+
+    As the production unit runs it: its own PREFECT_HOME, database_url (asyncpg for
+    PostgreSQL) and PREFECT_SERVER_API_AUTH_STRING. Its log is printed if the block fails.
+    """
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = os.environ.copy()
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=api_url,
+        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
+        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
+        PREFECT_SERVER_API_AUTH_STRING=auth,
+        PREFECT_SERVER_UI_ENABLED="false",
+    )
+    log = open(home / "server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_healthy(api_url, proc, timeout=180)
+        yield api_url
+    except BaseException:
+        print((home / "server.log").read_text()[-4000:])
+        raise
+    finally:
+        stop(proc)
+        log.close()
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 90) -> None:

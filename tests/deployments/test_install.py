@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 import sys
@@ -173,38 +172,74 @@ def test_server_route_guards_the_api_and_listens_on_loopback_only(root):
     assert "server_name prefect.example.com;" in conf
     assert "proxy_set_header Upgrade $http_upgrade;" in conf
     assert "/etc/letsencrypt/live/prefect.example.com/fullchain.pem" in conf
+    # Ports 80 and 443 on every IPv4 and IPv6 address unless told otherwise.
+    listens = [line.strip() for line in conf.splitlines() if line.strip().startswith("listen ")]
+    assert listens == [
+        "listen 80;",
+        "listen [::]:80;",
+        "listen 443 ssl http2;",
+        "listen [::]:443 ssl http2;",
+    ]
+    assert "return 301 https://$host$request_uri;" in conf
+    assert env["PREFECT_SERVER_API_PORT"] == "4200"
 
 
-@pytest.mark.skipif(not shutil.which("nginx"), reason="nginx is not installed here")
-def test_nginx_accepts_the_config(root, tmp_path):
+def test_nginx_ports_addresses_and_the_servers_port_are_options(root):
+    install(root, "server", "--listen-address", "127.0.0.1", "--listen-address", "::1",
+            "--http-port", "8080", "--https-port", "8443", "--server-port", "4300")  # fmt: skip
+    conf_file = root / "etc/nginx/conf.d/investflow-prefect.conf"
+    env_file = root / "etc/investflow/prefect-server.env"
+    conf = conf_file.read_text()
+    listens = [line.strip() for line in conf.splitlines() if line.strip().startswith("listen ")]
+    assert listens == [
+        "listen 127.0.0.1:8080;",
+        "listen [::1]:8080;",
+        "listen 127.0.0.1:8443 ssl http2;",
+        "listen [::1]:8443 ssl http2;",
+    ]
+    # The redirect names the HTTPS port, which is not the default one.
+    assert "return 301 https://$host:8443$request_uri;" in conf
+    # nginx's upstream is where the server listens, and stays so on a plain reinstall.
+    assert "server 127.0.0.1:4300;" in conf
+    assert parse_env(env_file.read_text())["PREFECT_SERVER_API_PORT"] == "4300"
+    install(root, "server")
+    assert "server 127.0.0.1:4300;" in conf_file.read_text()
+    assert parse_env(env_file.read_text())["PREFECT_SERVER_API_PORT"] == "4300"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [[], ["--listen-address", "127.0.0.1", "--https-port", "8443"]],
+    ids=["default", "ports"],
+)
+def test_nginx_accepts_the_config(nginx, root, tmp_path, options):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=prefect.example.com", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    install(root, "server", "--tls-cert", str(cert), "--tls-key", str(key))
+    install(root, "server", "--tls-cert", str(cert), "--tls-key", str(key), *options)
     main_conf = tmp_path / "nginx.conf"
     main_conf.write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log stderr;\nevents {{}}\n"
         f"http {{ access_log off; include {root}/etc/nginx/conf.d/*.conf; }}\n"
     )
     proc = subprocess.run(
-        ["nginx", "-t", "-p", str(tmp_path), "-c", str(main_conf)], capture_output=True, text=True
+        [nginx, "-t", "-p", str(tmp_path), "-c", str(main_conf)], capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not here")
 @pytest.mark.parametrize("route", ["server", "oracle-osaka", "fargate", "gpu-desktop"])
-def test_systemd_accepts_the_units(root, route):
+def test_systemd_accepts_the_units(systemd_analyze, root, route):
     # The real checkout as prefix, so systemd finds the executables it checks for.
     install(root, route, "--prefix", str(ROOT))
     units = sorted((root / "etc/systemd/system").glob("*prefect*")) + sorted(
         (root / "etc/systemd/system").glob("investflow-*")
     )
     proc = subprocess.run(
-        ["systemd-analyze", "verify", *map(str, units)], capture_output=True, text=True, timeout=60
+        [systemd_analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=60
     )
     ours = [line for line in proc.stderr.splitlines() if any(u.name in line for u in units)]
     assert proc.returncode == 0 and not ours, proc.stderr

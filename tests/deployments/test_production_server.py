@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 import sqlalchemy as sa
 
-from tests.conftest import create_database, drop_database, free_port
+from tests.conftest import create_database, drop_database
 from tests.deployments import stack
 from tests.fakes.webhook import FakeWebhook
 
@@ -33,32 +33,10 @@ def server(pg_admin_url, tmp_path_factory):
     db_url = create_database(pg_admin_url, prefix="investflow_prefect")
     asyncpg_url = db_url.replace("postgresql://", "postgresql+asyncpg://", 1)
     home = tmp_path_factory.mktemp("prod-prefect")
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = os.environ.copy()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api_url,
-        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=asyncpg_url,
-        PREFECT_SERVER_API_AUTH_STRING=AUTH,
-        PREFECT_SERVER_UI_ENABLED="false",
-    )
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     try:
-        stack.wait_healthy(api_url, proc, timeout=180)
-        yield {"api_url": api_url, "db_url": db_url, "asyncpg_url": asyncpg_url, "home": home}
-    except BaseException:
-        print((home / "server.log").read_text()[-4000:])
-        raise
+        with stack.auth_server(home, asyncpg_url, AUTH) as api_url:
+            yield {"api_url": api_url, "db_url": db_url, "asyncpg_url": asyncpg_url, "home": home}
     finally:
-        stack.stop(proc)
-        log.close()
         drop_database(db_url)
 
 
