@@ -14,7 +14,7 @@ ROUTES := core: ingestion:ingestion backups:backups oci:oci model:model workers:
 # `make lock LOCK_ARGS="--upgrade-package yfinance"`.
 LOCK_ARGS ?=
 
-.PHONY: install lock up down status test bench lint clean
+.PHONY: install lock up down status test bench images lint clean
 
 # Re-install whenever the lock or pyproject.toml changes. The lock pins every package (pip and
 # this machine's CPU torch 2.13.0+cpu included), so nothing outside it is installed; then the
@@ -59,6 +59,11 @@ status: install
 
 test: install
 	$(VENV)/bin/pytest
+
+# Every image from its route's lock, for this machine's platform (a docker engine needed);
+# REGISTRY=ghcr.io/you pushes multi-platform builds instead. See deployments/docker/build.sh.
+images:
+	@deployments/docker/build.sh
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

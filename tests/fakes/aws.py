@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import tempfile
 import urllib.request
@@ -35,6 +36,8 @@ class FakeAws:
         self._recorder_file = ""
 
     def __enter__(self) -> FakeAws:
+        # moto's server logs every request at INFO: a test's output would be nothing else.
+        logging.getLogger("werkzeug").setLevel(logging.WARNING)
         _size_fargate_tasks_like_aws(True)
         self._server.start()
         host, port = self._server.get_host_and_port()

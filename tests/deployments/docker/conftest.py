@@ -33,13 +33,11 @@ def images(docker_engine, torch_index) -> dict[str, str]:
     proves every step of it but the torch build itself.
     """
     engine.ensure_base_image()
-    built = {}
-    for name in engine.IMAGES:
-        tag = f"investflow-{name}:{engine.TAG}"
-        args = {"TORCH_INDEX_URL": torch_index} if name != "ingestion" else {}
-        proc, _ = engine.build(name, tag, build_args=args)
-        assert proc.returncode == 0, f"{name} image:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-        built[name] = tag
+    # The GPU recipe's torch from the same CPU index: every step but the CUDA build.
+    index = {"TORCH_INDEX_URL": torch_index, "GPU_TORCH_INDEX_URL": torch_index}
+    proc, _ = engine.build(" ".join(engine.IMAGES), engine.TAG, env=index)
+    assert proc.returncode == 0, f"make images:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    built = {name: f"investflow-{name}:{engine.TAG}" for name in engine.IMAGES}
     # The layers the rebuilt ones replaced, so the machine's disk does not fill run by run.
     engine.docker("image", "prune", "--force", check=False)
     return built

@@ -40,11 +40,11 @@ class Unavailable(RuntimeError):
     """No docker engine can be had here; the message says why and how to get one."""
 
 
-def docker(*args: str, timeout: float = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def docker(
+    *args: str, timeout: float = 600, check: bool = True, **kw
+) -> subprocess.CompletedProcess:
     """Run the docker client; fail with its output when check and it exits non-zero."""
-    proc = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, **kw
-    )
+    proc = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, **kw)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"docker {' '.join(args[:3])} ... exited {proc.returncode}\n"
@@ -157,14 +157,16 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def build(
-    image: str, tag: str, context: Path = ROOT, build_args: dict[str, str] | None = None
+    images: str, tag: str, context: Path = ROOT, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess, float]:
-    """`docker build --network host -f deployments/docker/Dockerfile.<image>`: result, seconds."""
-    args = ["build", "--network", "host", "-f", str(context / f"deployments/docker/Dockerfile.{image}")]
-    for key, value in (build_args or {}).items():
-        args += ["--build-arg", f"{key}={value}"]
+    """`make images` (deployments/docker/build.sh) for images, tagged tag: result, seconds."""
+    env = {**os.environ, "IMAGES": images, "TAG": tag, **(env or {})}
+    env.pop("REGISTRY", None)
     started = time.perf_counter()
-    proc = docker(*args, "-t", tag, str(context), timeout=1200, check=False)
+    proc = subprocess.run(
+        ["bash", str(context / "deployments/docker/build.sh")],
+        cwd=context, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
     return proc, time.perf_counter() - started
 
 

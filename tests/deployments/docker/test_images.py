@@ -80,7 +80,7 @@ def checkout(tmp_path) -> Path:
 
 
 def broken_build(context: Path) -> str:
-    proc, _ = engine.build("ingestion", "investflow-ingestion:broken", context=context)
+    proc, _ = engine.build("ingestion", "broken", context=context)
     engine.docker("image", "rm", "investflow-ingestion:broken", check=False)
     assert proc.returncode != 0, "the build passed"
     return proc.stdout + proc.stderr
