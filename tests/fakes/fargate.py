@@ -43,6 +43,7 @@ class Task:
     running_at: float | None = None  # when the flow run went Running, if a test asks
     exit_code: int | None = None
     oom_killed: bool = False
+    interrupted: bool = False  # reclaimed by Spot
     peak_memory_bytes: int | None = None
     logs: str = ""
     done: threading.Event = field(default_factory=threading.Event)
@@ -96,6 +97,15 @@ class FakeFargate:
                 return found[-1]
             time.sleep(0.5)
         raise AssertionError(f"no stopped Fargate task for flow run {flow_run_id}")
+
+    def interrupt(self, flow_run_id) -> Task:
+        """Reclaim the running task of flow_run_id, as a Spot interruption does (SIGKILL)."""
+        (task,) = [
+            t for t in self.tasks if t.flow_run_id == str(flow_run_id) and not t.done.is_set()
+        ]
+        task.interrupted = True
+        subprocess.run(["docker", "kill", task.container], capture_output=True, check=True)
+        return task
 
     # -- what Fargate does
     def _poll(self) -> None:
@@ -165,11 +175,14 @@ class FakeFargate:
         usage = CGROUP_MEMORY / parent / "memory.max_usage_in_bytes"
         if usage.exists():
             task.peak_memory_bytes = int(usage.read_text())
-        self._stopped(task, "Essential container in task exited")
+        if task.interrupted:
+            self._stopped(task, "Your Spot Task was interrupted.", "SpotInterruption")
+        else:
+            self._stopped(task, "Essential container in task exited")
         subprocess.run(["docker", "rm", task.container], capture_output=True)
         _remove_cgroup(parent)
 
-    def _stopped(self, task: Task, reason: str) -> None:
+    def _stopped(self, task: Task, reason: str, code: str = "EssentialContainerExited") -> None:
         """Stop the task in moto and send ECS's state-change event, as AWS would."""
         ecs = self.aws.client("ecs")
         ecs.stop_task(cluster=self.cluster, task=task.arn, reason=reason)
@@ -183,7 +196,7 @@ class FakeFargate:
             ],
             "lastStatus": "STOPPED",
             "desiredStatus": "STOPPED",
-            "stopCode": "EssentialContainerExited",
+            "stopCode": code,
             "stoppedReason": reason,
             "containers": [container],
             "cpu": str(task.cpu),

@@ -283,6 +283,34 @@ def test_a_task_over_its_memory_is_killed_and_the_operator_hears_why(shape):
     print(f"{len(tasks)} task(s), final state: {flow_run.state.message}\nalert: {alert}")
 
 
+def test_a_spot_interruption_is_resubmitted_and_completes_without_an_alert(shape):
+    """Spot reclaims the task mid-run: ECS's stop event reaches the ECS worker's observer, which
+    marks the run Crashed; the resubmit rule schedules it again and the next task completes."""
+    from prefect.client.orchestration import get_client
+
+    webhook = shape["webhook"]
+    run_id = run_deployment(
+        shape, "us-prices/us-prices", {"symbols": SYMBOLS[:3], "as_of": TUE}, stand_in_env(shape)
+    )
+
+    def running():
+        with on_server(shape), get_client(sync_client=True) as client:
+            return client.read_flow_run(run_id).state.is_running()
+
+    stack.wait_until(running, timeout=180, what="the run to start in its task")
+    interrupted = shape["fargate"].interrupt(run_id)
+    flow_run = final(shape, run_id, timeout=300)
+    assert flow_run.state.is_completed(), flow_run.state.message
+    with on_server(shape), get_client(sync_client=True) as client:
+        states = [s.name for s in client.read_flow_run_states(run_id)]
+    assert "Crashed" in states and "Resubmitted" in states, states
+    second = shape["fargate"].task_for(run_id)
+    tasks = [t for t in shape["fargate"].tasks if t.flow_run_id == str(run_id)]
+    assert tasks == [interrupted, second] and second.exit_code == 0
+    # Resubmitted, so not alerted: the crash alert is for a run that will not be tried again.
+    assert webhook.matching(flow_run.name) == []
+
+
 def write_training_prices(engine) -> None:
     """Prices with a learnable pattern, alone in the store, so the model is promoted."""
     from tasks.store.upsert import upsert_frame
