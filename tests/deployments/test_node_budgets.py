@@ -28,7 +28,7 @@ from tests.fakes.webhook import FakeWebhook
 
 HOW = (
     "run it as root on Linux with the cgroup v1 memory controller at /sys/fs/cgroup/memory: "
-    "sudo CI=true .venv/bin/pytest tests/deployments/test_node_budgets.py"
+    "sudo .venv/bin/pytest tests/deployments/test_node_budgets.py"
 )
 # Far below what a flow run needs to start: the kernel kills it within its first second.
 TOO_SMALL = 64 * MB
