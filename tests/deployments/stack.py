@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
 
@@ -51,21 +51,23 @@ def bootstrap_and_deploy(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def worker(pool: str, env: dict[str, str], log_dir: Path) -> Iterator[subprocess.Popen]:
-    """A process worker serving pool until the block ends."""
+def worker(
+    pool: str,
+    env: dict[str, str],
+    log_dir: Path,
+    limit: int | None = None,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+) -> Iterator[subprocess.Popen]:
+    """A process worker serving pool until the block ends.
+
+    limit: at most this many runs at once (`--limit`, as the systemd units pass it); wrap: what
+    starts the command (a memory cgroup, tests/deployments/cgroup.py).
+    """
     log = open(log_dir / f"worker-{pool}.log", "wb")
+    args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    args += ["--name", f"test-{pool}"] + (["--limit", str(limit)] if limit else [])
     proc = subprocess.Popen(
-        [
-            str(BIN / "prefect"),
-            "worker",
-            "start",
-            "--pool",
-            pool,
-            "--type",
-            "process",
-            "--name",
-            f"test-{pool}",
-        ],
+        wrap(args) if wrap else args,
         cwd=ROOT,
         env=env,
         stdout=log,
