@@ -57,14 +57,15 @@ def worker(
     log_dir: Path,
     limit: int | None = None,
     wrap: Callable[[list[str]], list[str]] | None = None,
+    kind: str = "process",
 ) -> Iterator[subprocess.Popen]:
-    """A process worker serving pool until the block ends.
+    """A worker of kind (process, ecs, docker) serving pool until the block ends.
 
     limit: at most this many runs at once (`--limit`, as the systemd units pass it); wrap: what
     starts the command (a memory cgroup, tests/deployments/cgroup.py).
     """
     log = open(log_dir / f"worker-{pool}.log", "wb")
-    args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"]
+    args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", kind]
     args += ["--name", f"test-{pool}"] + (["--limit", str(limit)] if limit else [])
     proc = subprocess.Popen(
         wrap(args) if wrap else args,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import subprocess
 import sys
 import uuid
@@ -56,27 +55,6 @@ def prefect_server(home, env):
         yield proc
     finally:
         stack.stop(proc)
-        log.close()
-
-
-@contextlib.contextmanager
-def worker(pool: str, kind: str, env: dict[str, str], log_dir):
-    """`prefect worker start --pool POOL --type KIND`, as the route's systemd unit runs it."""
-    log = open(log_dir / f"worker-{pool}.log", "wb")
-    proc = subprocess.Popen(
-        [str(stack.BIN / "prefect"), "worker", "start", "--pool", pool, "--type", kind,
-         "--name", f"shape-{pool}", "--install-policy", "never"],
-        cwd=stack.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, 15)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
         log.close()
 
 
@@ -142,8 +120,8 @@ def shape(images, pg_admin_url, tmp_path_factory):
         stack.run([str(stack.BIN / "prefect"), "--no-prompt", "deploy", "--all"], env,
                   timeout=600)  # fmt: skip
         fargate = exits.enter_context(FakeFargate(aws, cluster, mounts=[str(yahoo.ca_file)]))
-        exits.enter_context(worker("fargate", "ecs", env, home))
-        exits.enter_context(worker("gpu-desktop", "docker", env, home))
+        exits.enter_context(stack.worker("fargate", env, home, kind="ecs"))
+        exits.enter_context(stack.worker("gpu-desktop", env, home, kind="docker"))
         try:
             yield {
                 "env": env, "store_url": store_url, "yahoo": yahoo, "fred": fred,
