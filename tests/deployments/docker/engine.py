@@ -59,9 +59,10 @@ def _engine_answers() -> bool:
     return docker("info", "--format", "{{.ServerVersion}}", timeout=30, check=False).returncode == 0
 
 
-def _install_engine() -> None:
+def _apt_install(*packages: str) -> None:
+    """apt-get install, updating the package lists first if they are stale or missing."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "docker.io"]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
@@ -81,10 +82,7 @@ def engine(in_ci: bool) -> Iterator[None]:
                 f"dockerd or debootstrap is not installed (apt-get install docker.io "
                 f"debootstrap). {HOW_TO_RUN}"
             )
-        _install_engine()
-        if not shutil.which("debootstrap"):
-            subprocess.run(["apt-get", "install", "-y", "-q", "debootstrap"], check=True,
-                           capture_output=True)  # fmt: skip
+        _apt_install("docker.io", "debootstrap")
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = open(LOG_DIR / "dockerd.log", "ab")
     proc = subprocess.Popen(
