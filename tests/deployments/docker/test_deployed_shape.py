@@ -197,7 +197,9 @@ def test_us_prices_inside_the_ingestion_image_at_a_quarter_cpu_equals_a_process_
         # Fargate's 256 CPU units and 512 MB, from the pool's template, in the ingestion image.
         assert (task.cpu, task.memory_mb, task.image) == (256, 512, "investflow-ingestion:test")
         assert task.command == ["prefect", "flow-run", "execute"]
-        assert task.peak_memory_bytes and task.peak_memory_bytes < 512 * 2**20
+        # Within the cap, not killed for it. (The cgroup's peak is no job peak: it counts the
+        # page cache of the image's files, charged to whichever container reads them first.)
+        assert task.exit_code == 0 and not task.oom_killed
         runs[step] = task
 
     # The same two runs as a process worker runs them, into a store of their own.
