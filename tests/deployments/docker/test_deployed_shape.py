@@ -30,7 +30,9 @@ from tests.fakes.fred import FakeFred
 from tests.fakes.webhook import FakeWebhook
 from tests.fakes.yahoo import FakeYahoo
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The first test to use the images fixture builds every image: about 8 minutes on a machine
+# without the layers cached, more than the suite's 600 s per test.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 SYMBOLS = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "JPM", "XOM"]
 START = "2023-06-01"

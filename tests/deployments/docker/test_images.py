@@ -16,7 +16,9 @@ import pytest
 
 from tests.deployments.docker import engine
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+# The first test to use the images fixture builds every image: about 8 minutes on a machine
+# without the layers cached, more than the suite's 600 s per test.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def canonical(name: str) -> str:
