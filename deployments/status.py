@@ -9,25 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
-from zoneinfo import ZoneInfo
 
-OPERATOR_TZ = ZoneInfo(os.environ.get("INVESTFLOW_OPERATOR_TZ", "Asia/Seoul"))
-
-
-def clock(moment: dt.datetime | None, now: dt.datetime) -> str:
-    if moment is None:
-        return "-"
-    local = moment.astimezone(OPERATOR_TZ).strftime("%Y-%m-%d %H:%M %Z")
-    return f"{local} ({age(now - moment)} ago)"
-
-
-def age(delta: dt.timedelta) -> str:
-    minutes = int(delta.total_seconds() // 60)
-    if minutes < 60:
-        return f"{minutes} min"
-    if minutes < 48 * 60:
-        return f"{minutes // 60} h"
-    return f"{minutes // 1440} d"
+from tasks.clock import operator_tz, shown_with_age
 
 
 def server_lines(client, now: dt.datetime) -> list[str]:
@@ -43,7 +26,7 @@ def server_lines(client, now: dt.datetime) -> list[str]:
         ]
         said = f"{len(online)} worker(s) online" if online else "NO LIVE WORKER"
         lines.append(f"  {pool.name:<18} {said}")
-    lines.append(f"Last run of each deployment (times in {OPERATOR_TZ.key})")
+    lines.append(f"Last run of each deployment (times in {operator_tz().key})")
     for deployment in sorted(client.read_deployments(), key=lambda d: d.name):
         runs = client.read_flow_runs(
             deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
@@ -53,7 +36,7 @@ def server_lines(client, now: dt.datetime) -> list[str]:
         )
         if runs:
             run = runs[0]
-            said = f"{run.state.name:<12} {clock(run.start_time, now)}"
+            said = f"{run.state.name:<12} {shown_with_age(run.start_time, now)}"
         else:
             said = "never ran"
         paused = "  [paused]" if deployment.paused else ""
@@ -68,23 +51,22 @@ def _started():
 
 
 def store_lines(now: dt.datetime) -> list[str]:
-    from tasks.health.freshness import market_freshness, newest_per_symbol
+    from tasks.health.freshness import market_freshness
     from tasks.store.engine import engine_from_settings
 
     try:
-        newest = newest_per_symbol(engine_from_settings())
+        markets = market_freshness(engine_from_settings(), now)
     except Exception as exc:  # noqa: BLE001 - reported in a line; the URL is never printed
         return [f"Data freshness: the market store cannot be read ({type(exc).__name__})"]
     lines = ["Data freshness (sessions in each market's own calendar)"]
-    for f in market_freshness(newest, now):
+    for f in markets:
         if f.newest is None:
-            lines.append(f"  {f.market}  no prices stored yet")
+            lines.append(f"  {f.dataset}: {f.verdict}")
             continue
-        verdict = "fresh" if f.fresh else f"STALE: {f.behind} session(s) behind"
         lag = f"; {len(f.lagging)} of {f.symbols} symbols lag" if f.lagging else ""
         lines.append(
-            f"  {f.market}  newest {f.newest}, last closed {f.last_closed}: {verdict}"
-            f" ({f.symbols} symbols{lag})"
+            f"  {f.dataset}: {f.verdict} (newest {f.newest}, last closed {f.expected};"
+            f" {f.symbols} symbols{lag})"
         )
     return lines
 

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 
 from tasks.health import page
+from tasks.health.freshness import macro_freshness, market_freshness
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
 
@@ -24,8 +25,8 @@ def health_page() -> str:
     with get_client(sync_client=True) as client:
         deployments, success = page.deployment_runs(client, now)
     facts = {
-        "markets": page.market_freshness(engine, now),
-        "macro": page.macro_freshness(engine, now),
+        "markets": market_freshness(engine, now),
+        "macro": macro_freshness(engine, now),
         "deployments": deployments,
         "success": success,
         "backups": page.backups(engine),

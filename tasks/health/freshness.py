@@ -1,6 +1,9 @@
-"""How far the market store is behind its sources: per market and macro group.
+"""How far the store is behind its sources: the one definition of "fresh".
 
-`make status` reads market_freshness; after each ingestion run the flows emit one
+A dataset (a market's prices, a macro group) is fresh when it is at most MAX_SESSIONS_BEHIND
+sessions (months, for monthly series) behind the newest one its source can have: one of slack
+covers the run that is about to bring it. `make status`, the health page and the stale-data
+alert all read `Freshness.verdict`; after each ingestion run the flows emit one
 investflow.data.fresh or investflow.data.stale event per dataset (emit_freshness), which the
 server's "alert on stale data" automation (deployments/alert_rules.py) listens for.
 """
@@ -15,101 +18,115 @@ from sqlalchemy.engine import Engine
 
 from tasks.market.calendars import MARKETS, Market, last_closed_session, market_of, sessions_between
 
+MAX_SESSIONS_BEHIND = 1
+
 
 @dataclass(frozen=True)
 class Freshness:
-    market: str
-    symbols: int
-    newest: dt.date | None  # the newest session any symbol of the market has
-    last_closed: dt.date  # the market's last session whose close has passed
-    behind: int  # sessions between newest and last_closed
-    lagging: list[str]  # symbols whose own newest session is older than last_closed
+    dataset: str  # "US prices", "macro (daily)"
+    newest: dt.date | None  # the newest stored session (any symbol of a market)
+    expected: dt.date | None  # the newest one the source can have; None: no target
+    behind: int | None  # sessions (or months) between the two; None without data or target
+    unit: str = "session"
+    symbols: int = 0
+    lagging: tuple[str, ...] = ()  # symbols whose own newest session is older than expected
 
     @property
-    def fresh(self) -> bool:
-        return self.newest is not None and self.behind == 0
+    def fresh(self) -> bool | None:
+        if self.expected is None:
+            return None
+        return self.behind is not None and self.behind <= MAX_SESSIONS_BEHIND
+
+    @property
+    def verdict(self) -> str:
+        """What every place that shows freshness says: fresh, fresh but one behind, STALE."""
+        if self.expected is None:
+            return "no freshness target"
+        if self.newest is None:
+            return "STALE: nothing stored yet"
+        if self.behind == 0:
+            return "fresh"
+        units = f"{self.behind} {self.unit}{'s' if self.behind != 1 else ''} behind"
+        if self.fresh:
+            return f"fresh ({units}: the next run brings it)"
+        return f"STALE: {units}"
+
+    def facts(self) -> dict:
+        """The event payload (and the alert's words)."""
+        return {
+            "newest_session": self.newest.isoformat() if self.newest else None,
+            "last_session": self.expected.isoformat() if self.expected else None,
+            "sessions_behind": self.behind,
+            "behind": "no data" if self.behind is None else f"{self.behind} {self.unit}s",
+            "fresh": self.fresh,
+            "verdict": self.verdict,
+        }
 
 
-def newest_per_symbol(engine: Engine) -> dict[str, dt.date]:
+def freshness(market: Market, newest: dt.date | None, last_session: dt.date) -> dict:
+    """A market's facts: sessions between the newest stored one and the last closed one."""
+    behind = None if newest is None else len(sessions_between(market, newest, last_session))
+    return Freshness(f"{market.code} prices", newest, last_session, behind).facts()
+
+
+def market_freshness(engine: Engine, now: dt.datetime) -> list[Freshness]:
+    """Per market: its newest stored session, how many sessions behind, which symbols lag."""
     with engine.connect() as conn:
         rows = conn.execute(
             sa.text("SELECT symbol, MAX(trade_date) FROM daily_prices GROUP BY symbol")
         ).all()
-    return {symbol: dt.date.fromisoformat(str(newest)) for symbol, newest in rows}
-
-
-def market_freshness(newest: dict[str, dt.date], now: dt.datetime) -> list[Freshness]:
-    """Per market: its newest stored session, how many sessions behind, which symbols lag."""
+    newest = {symbol: _day(day) for symbol, day in rows}
     report = []
     for code, market in MARKETS.items():
         mine = {s: d for s, d in newest.items() if market_of(s).code == code}
         last_closed = last_closed_session(market, now)
         top = max(mine.values(), default=None)
-        behind = len(sessions_between(market, top, last_closed)) if top else 0
-        lagging = sorted(s for s, d in mine.items() if d < last_closed)
-        report.append(Freshness(code, len(mine), top, last_closed, behind, lagging))
+        behind = len(sessions_between(market, top, last_closed)) if top else None
+        lagging = tuple(sorted(s for s, d in mine.items() if d < last_closed))
+        report.append(
+            Freshness(f"{code} prices", top, last_closed, behind, "session", len(mine), lagging)
+        )
     return report
 
 
-# Fresh means less than one day behind the last trading session. One session of slack
-# covers the run that is about to bring it.
-MAX_SESSIONS_BEHIND = 1
+def macro_group(frequency: str) -> str:
+    return frequency.split(",")[0].lower()
 
 
-def freshness(market: Market, newest: dt.date | None, last_session: dt.date) -> dict:
-    """Sessions between the newest stored one and the last closed one, and whether that's fresh."""
-    behind = None if newest is None else len(sessions_between(market, newest, last_session))
-    return {
-        "newest_session": newest.isoformat() if newest else None,
-        "last_session": last_session.isoformat(),
-        "sessions_behind": behind,
-        "behind": "no data" if behind is None else f"{behind} sessions",
-        "fresh": behind is not None and behind <= MAX_SESSIONS_BEHIND,
-    }
-
-
-def emit_freshness(dataset: str, label: str, facts: dict):
-    """One investflow.data.fresh or investflow.data.stale event about the dataset."""
-    from prefect.events import emit_event
-
-    return emit_event(
-        event="investflow.data.fresh" if facts["fresh"] else "investflow.data.stale",
-        resource={"prefect.resource.id": f"investflow.dataset.{dataset}",
-                  "prefect.resource.name": label},
-        payload=facts,
-    )  # fmt: skip
-
-
-def macro_facts(frequency: str, newest: dt.date | None, now: dt.datetime) -> dict | None:
+def macro_freshness_of(frequency: str, newest: dt.date | None, now: dt.datetime) -> Freshness:
     """A macro group's freshness: daily series by NYSE session, monthly by month.
 
     FRED publishes a daily rate the next business day, so the newest expected observation is
     the session before the last closed one; a monthly figure (CPI, payrolls) comes out in the
     following month, so two months back is the newest one can insist on. Other frequencies
-    have no freshness target here (None).
+    have no freshness target here.
     """
-    nyse = MARKETS["US"]
+    dataset = f"macro ({macro_group(frequency)})"
     if frequency.startswith("Daily"):
+        nyse = MARKETS["US"]
         last = last_closed_session(nyse, now)
         expected = last_closed_session(nyse, dt.datetime.combine(last, dt.time(), dt.UTC))
-        facts = freshness(nyse, newest, expected)
-    elif frequency.startswith("Monthly"):
+        behind = None if newest is None else len(sessions_between(nyse, newest, expected))
+        return Freshness(dataset, newest, expected, behind)
+    if frequency.startswith("Monthly"):
         month = now.date().replace(day=1)
         expected = (month - dt.timedelta(days=32)).replace(day=1)
         expected = (expected - dt.timedelta(days=1)).replace(day=1)
         behind = None
         if newest is not None:
             behind = max(0, (expected.year - newest.year) * 12 + expected.month - newest.month)
-        facts = {
-            "newest_session": newest.isoformat() if newest else None,
-            "last_session": expected.isoformat(),
-            "sessions_behind": behind,
-            "behind": "no data" if behind is None else f"{behind} months",
-            "fresh": behind is not None and behind <= MAX_SESSIONS_BEHIND,
-        }
-    else:
-        return None
-    return facts
+        return Freshness(dataset, newest, expected, behind, "month")
+    return Freshness(dataset, newest, None, None)
+
+
+def macro_facts(frequency: str, newest: dt.date | None, now: dt.datetime) -> dict | None:
+    """The event payload of a macro group with a freshness target, else None."""
+    found = macro_freshness_of(frequency, newest, now)
+    return found.facts() if found.expected is not None else None
+
+
+def macro_freshness(engine: Engine, now: dt.datetime) -> list[Freshness]:
+    return [macro_freshness_of(f, d, now) for f, d in sorted(macro_newest(engine).items())]
 
 
 def macro_newest(engine: sa.Engine) -> dict[str, dt.date]:
@@ -126,7 +143,20 @@ def macro_newest(engine: sa.Engine) -> dict[str, dt.date]:
         return {freq or "unknown": _day(day) for freq, day in conn.execute(query).all()}
 
 
+def emit_freshness(dataset: str, label: str, facts: dict):
+    """One investflow.data.fresh or investflow.data.stale event about the dataset."""
+    from prefect.events import emit_event
+
+    return emit_event(
+        event="investflow.data.fresh" if facts["fresh"] else "investflow.data.stale",
+        resource={"prefect.resource.id": f"investflow.dataset.{dataset}",
+                  "prefect.resource.name": label},
+        payload=facts,
+    )  # fmt: skip
+
+
 def _day(value) -> dt.date | None:
+    """A stored date as a date: SQLite hands back text, PostgreSQL a date."""
     if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
         return value
     return dt.date.fromisoformat(str(value)[:10])

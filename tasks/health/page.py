@@ -6,8 +6,7 @@ import datetime as dt
 
 import sqlalchemy as sa
 
-from tasks.health.freshness import freshness, macro_facts, macro_newest
-from tasks.market.calendars import MARKETS, last_closed_session
+from tasks.clock import shown, shown_with_age
 from tasks.store import schema
 
 
@@ -17,49 +16,7 @@ def _aware(moment):
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # SQLite: naive UTC
 
 
-def _age(moment, now: dt.datetime) -> str:
-    if moment is None:
-        return "never"
-    hours = (now - _aware(moment)).total_seconds() / 3600
-    return f"{hours:.1f} h ago" if hours < 48 else f"{hours / 24:.1f} days ago"
-
-
 # ------------------------------------------------------------------------- the store
-
-
-def market_freshness(engine: sa.Engine, now: dt.datetime) -> list[dict]:
-    """Per market: the newest stored session (any of its symbols) and whether it is fresh."""
-    prices, instruments = schema.daily_prices, schema.instruments
-    query = (
-        sa.select(instruments.c.market, sa.func.max(prices.c.trade_date))
-        .join(instruments, instruments.c.symbol == prices.c.symbol)
-        .group_by(instruments.c.market)
-    )
-    with engine.connect() as conn:
-        newest = dict(conn.execute(query).all())
-    rows = []
-    for code, market in MARKETS.items():
-        facts = freshness(market, _day(newest.get(code)), last_closed_session(market, now))
-        rows.append({"dataset": f"{code} prices", **facts})
-    return rows
-
-
-def macro_freshness(engine: sa.Engine, now: dt.datetime) -> list[dict]:
-    """Per macro group (FRED frequency): the newest stored observation, fresh or not."""
-    rows = []
-    for frequency, newest in sorted(macro_newest(engine).items()):
-        facts = macro_facts(frequency, newest, now) or {
-            "newest_session": str(newest), "last_session": "-", "fresh": None,
-            "sessions_behind": None, "behind": "-",
-        }  # fmt: skip
-        rows.append({"dataset": f"macro ({frequency.split(',')[0].lower()})", **facts})
-    return rows
-
-
-def _day(value):
-    if value is None or isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    return dt.date.fromisoformat(str(value)[:10])
 
 
 def backups(engine: sa.Engine) -> dict:
@@ -128,7 +85,7 @@ def deployment_runs(client, now: dt.datetime, days: int = 30) -> tuple[list[dict
             limit=1,
         ) or [None]
         end = last.end_time if last else None
-        rows.append({"deployment": deployment.name, "last_completed": end, "age": _age(end, now)})
+        rows.append({"deployment": deployment.name, "last_completed": end})
     since = FlowRunFilterStartTime(after_=now - dt.timedelta(days=days))
 
     def count(*types) -> int:
@@ -149,32 +106,30 @@ def deployment_runs(client, now: dt.datetime, days: int = 30) -> tuple[list[dict
 
 def render(facts: dict, now: dt.datetime) -> str:
     """The page: freshness, runs, success rate, backups, model, quality flags (pure)."""
-    lines = [f"# investflow health ({now:%Y-%m-%d %H:%M} UTC)", "", "## Data", ""]
-    lines += ["| dataset | newest stored | last closed session | fresh |", "|---|---|---|---|"]
+    lines = [f"# investflow health ({shown(now)})", "", "## Data", ""]
+    lines += ["| dataset | newest stored | newest expected | freshness |", "|---|---|---|---|"]
     for row in facts["markets"] + facts["macro"]:
-        mark = "yes" if row["fresh"] else f"**no** ({row['behind']} behind)"
-        mark = "-" if row["fresh"] is None else mark
+        verdict = f"**{row.verdict}**" if row.fresh is False else row.verdict
         lines.append(
-            f"| {row['dataset']} | {row['newest_session'] or 'none'} | {row['last_session']} "
-            f"| {mark} |"
+            f"| {row.dataset} | {row.newest or 'none'} | {row.expected or '-'} | {verdict} |"
         )
     success = facts["success"]
     rate = f"{100 * success['completed'] / success['runs']:.1f}%" if success["runs"] else "n/a"
     lines += ["", "## Runs", "",
               f"Job success over the last {success['days']} days: **{rate}** "
               f"({success['completed']} of {success['runs']} finished runs; target > 99%).", "",
-              "| deployment | last completed run | age |", "|---|---|---|"]  # fmt: skip
+              "| deployment | last completed run |", "|---|---|"]  # fmt: skip
     for row in facts["deployments"]:
-        lines.append(f"| {row['deployment']} | {row['last_completed'] or '-'} | {row['age']} |")
+        lines.append(f"| {row['deployment']} | {shown_with_age(row['last_completed'], now)} |")
     newest, verified = facts["backups"]["newest"], facts["backups"]["verified"]
     lines += ["", "## Backups", ""]
     lines.append(
-        f"- newest backup: {newest[0]} {newest[1]}, {_age(newest[2], now)}"
+        f"- newest backup: {newest[0]} {newest[1]}, {shown_with_age(newest[2], now)}"
         if newest
         else "- newest backup: none"
     )
     lines.append(
-        f"- newest verified restore: {verified[0][0]}, {_age(verified[0][1], now)}"
+        f"- newest verified restore: {verified[0][0]}, {shown_with_age(verified[0][1], now)}"
         if verified
         else "- newest verified restore: none (a backup never restored is not trusted)"
     )
@@ -185,14 +140,14 @@ def render(facts: dict, now: dt.datetime) -> str:
             continue
         metrics = model.get("metrics") or {}
         ours = metrics.get("model") or {}
-        shown = ", ".join(f"{k} {ours[k]:.4g}" for k in ("mse", "mae", "hit_rate") if k in ours)
+        said = ", ".join(f"{k} {ours[k]:.4g}" for k in ("mse", "mae", "hit_rate") if k in ours)
         baselines = [
             f"{name} mse {metrics[name]['mse']:.4g}"
             for name in ("zero_return", "yesterday_return")
             if name in metrics
         ]
-        shown += f"; baselines: {', '.join(baselines)}" if baselines else ""
-        lines.append(f"- {model['market']}: {model['version']} ({shown or 'no metrics'})")
+        said += f"; baselines: {', '.join(baselines)}" if baselines else ""
+        lines.append(f"- {model['market']}: {model['version']} ({said or 'no metrics'})")
     flags = facts["flags"]
     lines += ["", "## Open quality flags", ""]
     if flags is None:

@@ -1,0 +1,42 @@
+"""The operator's clock: every time shown to a person reads in one zone, to the minute.
+
+Schedules (prefect.yaml), `make status`, the health page and alerts all speak Asia/Seoul unless
+INVESTFLOW_OPERATOR_TZ names another zone. Times are stored and computed in UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from zoneinfo import ZoneInfo
+
+
+def operator_tz() -> ZoneInfo:
+    return ZoneInfo(os.environ.get("INVESTFLOW_OPERATOR_TZ", "Asia/Seoul"))
+
+
+def shown(moment: dt.datetime | None) -> str:
+    """`2026-12-06 10:37 KST`; a naive moment is UTC (SQLite hands them back so); None is `-`."""
+    if moment is None:
+        return "-"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(operator_tz()).strftime("%Y-%m-%d %H:%M %Z")
+
+
+def age(delta: dt.timedelta) -> str:
+    """How long ago, in the largest unit that still says something: `40 min`, `5 h`, `3 d`."""
+    minutes = int(delta.total_seconds() // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    if minutes < 48 * 60:
+        return f"{minutes // 60} h"
+    return f"{minutes // 1440} d"
+
+
+def shown_with_age(moment: dt.datetime | None, now: dt.datetime) -> str:
+    if moment is None:
+        return "never"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return f"{shown(moment)} ({age(now - moment)} ago)"
