@@ -1,7 +1,9 @@
-"""The layers hold: blocks/ imports neither tasks/ nor flows/, and tasks/ never imports flows/.
+"""The layers hold: blocks/ imports neither tasks/ nor flows/, tasks/ never imports flows/,
+and the store (tasks/store) knows nothing of its users (no other tasks/ package).
 
-Blocks are configuration that every layer loads; tasks are what flows compose. An import
-against that direction, at the top of a module or inside a function, fails here.
+Blocks are configuration that every layer loads; tasks are what flows compose; the store is
+what the per-system packages (market, macro, backups, ...) write through. An import against
+that direction, at the top of a module or inside a function, fails here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 # package -> the top-level packages its modules must not import
 FORBIDDEN = {"blocks": {"tasks", "flows"}, "tasks": {"flows"}}
 SCANNED = ("blocks", "tasks", "flows")
+# The store may use tasks/ modules every layer shares (settings, limits, ...), never a package.
+STORE = ("tasks", "store")
+
+
+def forbidden(root: Path, module: list[str], name: str) -> bool:
+    parts = name.split(".")
+    if parts[0] in FORBIDDEN.get(module[0], ()):
+        return True
+    if tuple(module[:2]) == STORE and parts[0] == "tasks" and len(parts) > 1:
+        return parts[1] != "store" and (root / "tasks" / parts[1]).is_dir()
+    return False
 
 
 def imported_names(tree: ast.AST, module: list[str]) -> Iterator[tuple[int, str]]:
@@ -49,7 +62,7 @@ def violations(root: Path) -> tuple[list[str], int]:
             tree = ast.parse(path.read_text(), filename=str(path))
             scanned += 1
             for line, name in imported_names(tree, module):
-                if name.split(".")[0] in FORBIDDEN.get(package, ()):
+                if forbidden(root, module, name):
                     found.append(f"{rel}:{line} imports {name}")
     return found, scanned
 
@@ -70,12 +83,19 @@ def test_the_check_catches_every_form_of_import(tmp_path):
         "blocks/sub/dynamic.py": "import importlib\nimportlib.import_module('flows.macro')\n",
         "tasks/to_flows.py": "class A:\n    def run(self):\n        import flows\n",
         "tasks/sub/relative.py": "from ...flows.macro import ingest_macro\n",
+        "tasks/store/uses_market.py": "from tasks.market.quality import Issue\n",
+        "tasks/store/relative_market.py": "from ..market import quality\n",
+        "tasks/store/sub/package.py": "def f():\n    import tasks.macro\n",
     }
     allowed = {
         "blocks/__init__.py": "",
         "blocks/ok.py": "import prefect\nfrom blocks.oci import OciCredentials\nimport tasksets\n",
         "tasks/ok.py": "from blocks.database import database_url\nfrom . import settings\n",
         "flows/ok.py": "from tasks import notify\nimport flows.macro\n",
+        "tasks/store/ok.py": "from tasks.settings import get_settings\nfrom . import schema\n",
+        "tasks/market/__init__.py": "",
+        "tasks/macro/__init__.py": "",
+        "tasks/market/ok.py": "from tasks.store.ledger import Issue\n",
     }
     for rel, text in {**bad, **allowed}.items():
         path = tmp_path / rel

@@ -9,8 +9,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tasks.market.quality import Issue
-from tasks.store.ledger import record_flags
+from tasks.store.ledger import Issue, record_flags
 from tasks.store.schema import macro_observations, macro_series, macro_vintages
 from tasks.store.upsert import UpsertResult, write_frame
 

@@ -7,35 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from tasks.store.ledger import Issue
 
 # A daily move past this factor (either way) with no corporate action that day is worth a look.
 JUMP_FACTOR = 1.8
 # adj_close / close only moves on an ex-dividend or split day; a move past this elsewhere means
 # an action the source did not report (or a broken adjustment).
 ADJ_RATIO_JUMP = 0.001
-
-
-@dataclass(frozen=True)
-class Issue:
-    """One flagged row: which symbol and day, what kind, and the detail."""
-
-    symbol: str
-    date: dt.date | None
-    # ohlc, duplicate, zero_volume, price_jump, adj_ratio_jump, missing_session,
-    # non_session_bar, stale (and missing_value for FRED series)
-    kind: str
-    detail: str
-
-    def __str__(self) -> str:
-        return (
-            f"{self.date} {self.kind}: {self.detail}"
-            if self.date
-            else f"{self.kind}: {self.detail}"
-        )
 
 
 def check_prices(

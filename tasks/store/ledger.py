@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from tasks.market.quality import Issue
 from tasks.store.schema import price_rebases, quality_flags
 from tasks.store.sql import insert_new
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One flagged row: which symbol and day, what kind, and the detail."""
+
+    symbol: str
+    date: dt.date | None
+    # ohlc, duplicate, zero_volume, price_jump, adj_ratio_jump, missing_session,
+    # non_session_bar, stale (and missing_value for FRED series)
+    kind: str
+    detail: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.date} {self.kind}: {self.detail}"
+            if self.date
+            else f"{self.kind}: {self.detail}"
+        )
 
 
 def record_flags(
