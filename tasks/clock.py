@@ -1,6 +1,8 @@
-"""The operator's clock: every time shown to a person reads in one zone, to the minute.
+"""Time, from one place: the clocks the code reads and how a time reads to the operator.
 
-Schedules (prefect.yaml), `make status`, the health page and alerts all speak Asia/Seoul unless
+Code reads `now()` (UTC) and `monotonic()` from here, so a test sets time in one place.
+Every time shown to a person reads in the operator's zone, to the minute: schedules
+(prefect.yaml), `make status`, the health page and alerts all speak Asia/Seoul unless
 INVESTFLOW_OPERATOR_TZ names another zone. Times are stored and computed in UTC.
 """
 
@@ -8,7 +10,16 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import time
 from zoneinfo import ZoneInfo
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def monotonic() -> float:
+    return time.monotonic()
 
 
 def operator_tz() -> ZoneInfo:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import re
 import threading
-import time
-from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import httpx
 
 from blocks.names import ALERTS
+from tasks import clock
 from tasks.alerts.redact import known_secrets, redact
 from tasks.logs import run_logger
 from tasks.settings import Settings, get_settings
@@ -25,15 +24,9 @@ class AlertLimiter:
     so a week-long run reports its state without flooding the channel.
     """
 
-    def __init__(
-        self,
-        interval_s: float = 300.0,
-        per_minute: int = 10,
-        clock: Callable[[], float] | None = None,
-    ) -> None:
+    def __init__(self, interval_s: float = 300.0, per_minute: int = 10) -> None:
         self.interval_s = interval_s
         self.per_minute = per_minute
-        self.clock = clock or time.monotonic
         self._last: dict[str, float] = {}
         self._held: dict[str, int] = {}
         self._recent: list[float] = []
@@ -41,7 +34,7 @@ class AlertLimiter:
 
     def admit(self, key: str, urgent: bool = False) -> tuple[bool, int]:
         """Return (send now?, how many alerts of this key were held back before it)."""
-        now = self.clock()
+        now = clock.monotonic()
         with self._lock:
             self._recent = [t for t in self._recent if now - t < 60.0]
             too_soon = now - self._last.get(key, float("-inf")) < self.interval_s
@@ -53,7 +46,15 @@ class AlertLimiter:
             return True, self._held.pop(key, 0)
 
 
-_LIMITER = AlertLimiter()
+# One budget per flow run (a week-long A1 campaign is many short runs, each coalescing its own
+# alerts); calls outside any run share one.
+_LIMITERS: dict[str | None, AlertLimiter] = {}
+
+
+def limiter_of_this_run() -> AlertLimiter:
+    from prefect.runtime import flow_run
+
+    return _LIMITERS.setdefault(flow_run.get_id(), AlertLimiter())
 
 
 def send_alert(
@@ -63,16 +64,15 @@ def send_alert(
     settings: Settings | None = None,
     key: str | None = None,
     urgent: bool = False,
-    limiter: AlertLimiter | None = None,
-    raise_on_failure: bool = False,
 ) -> None:
     """Post an alert through the "investflow-alerts" block, else INVESTFLOW_ALERT_WEBHOOK_URL.
 
-    Alerts with the same key (default: the title) are coalesced; urgent ones always go out.
-    Delivery problems are logged, not raised, unless raise_on_failure is set.
+    Alerts with the same key (default: the title) are coalesced within a run; urgent ones
+    always go out. Delivery problems are logged, never raised: an alert must not take the job
+    down with it.
     """
     log = run_logger(__name__)
-    send, held = (limiter or _LIMITER).admit(key or title, urgent)
+    send, held = limiter_of_this_run().admit(key or title, urgent)
     if not send:
         log.info("Alert %r held back by the rate limiter", title)
         return
@@ -86,8 +86,6 @@ def send_alert(
     except Exception as exc:  # noqa: BLE001 - an alert must never take the job down with it
         reason = redact(f"{type(exc).__name__}: {exc}", secrets)
         log.warning("Alert %r was not delivered: %s", title, reason)
-        if raise_on_failure:
-            raise RuntimeError(f"alert {title!r} was not delivered: {reason}") from None
 
 
 def _deliver(title: str, message: str, settings: Settings) -> None:

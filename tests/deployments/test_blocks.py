@@ -104,14 +104,12 @@ def test_a_block_left_by_an_earlier_run_never_silently_wins(saved_blocks, monkey
 
 
 def test_registered_alert_block_delivers_through_send_alert(saved_blocks):
-    from tasks.alerts.notify import AlertLimiter, send_alert
+    from tasks.alerts.notify import send_alert
     from tests.fakes.webhook import FakeWebhook
 
     with FakeWebhook() as webhook:
         settings = Settings(alert_webhook_url=webhook.url + "/hooks/tok-3e2d1c")
         list(register_blocks(settings))
-        send_alert(
-            "Backup failed", "backup-postgres failed", limiter=AlertLimiter(), raise_on_failure=True
-        )
+        send_alert("Backup failed", "backup-postgres failed")
     assert webhook.texts() == ["Backup failed\nbackup-postgres failed"]
     assert webhook.requests[0].path == "/hooks/tok-3e2d1c"

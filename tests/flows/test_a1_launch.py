@@ -19,11 +19,9 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 from pydantic import SecretStr
 
-import tasks.alerts.notify
 from blocks.oci import OciCredentials
 from flows import a1_launch
 from flows.a1_launch import launch_a1_instance
-from tasks.alerts.notify import AlertLimiter
 from tasks.oci.state import load_state
 from tasks.settings import PROJECT_ROOT
 from tests.fakes.oci import ADS, FakeClock, FakeOci, make_api_key
@@ -50,8 +48,6 @@ def oci_fake(api_key, monkeypatch):
 def webhook(monkeypatch):
     with FakeWebhook() as server:
         monkeypatch.setenv("INVESTFLOW_ALERT_WEBHOOK_URL", server.url + "/hook")
-        # each test starts with a fresh alert budget, as a new worker process would
-        monkeypatch.setattr(tasks.alerts.notify, "_LIMITER", AlertLimiter())
         yield server
 
 
