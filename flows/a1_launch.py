@@ -6,15 +6,13 @@ records the attempts table, sends the alerts and pauses its own deployment once 
 
 from __future__ import annotations
 
-import time
-from functools import partial
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from blocks.loading import load_block
 from blocks.names import OCI_CREDENTIALS
 from blocks.oci import OciCredentials
+from tasks import clock
 from tasks.alerts.notify import send_alert
 from tasks.oci import campaign
 from tasks.oci.campaign import Step
@@ -47,15 +45,6 @@ from tasks.oci.moves import (
 )
 from tasks.oci.state import Pacing, clear_state, load_state, save_state
 from tasks.settings import Settings, get_settings
-
-
-def now() -> float:
-    """The time the campaign runs on; tests replace it, and sleep, with a fake clock."""
-    return time.time()
-
-
-def sleep(seconds: float) -> None:
-    time.sleep(seconds)
 
 
 class LaunchRefused(RuntimeError):
@@ -112,16 +101,9 @@ def launch_a1_instance(
         limit_exceeded_attempts=limit_exceeded_attempts,
         max_run_minutes=max_run_minutes,
         progress_every=progress_every,
-    )
-    details = partial(
-        launch_details,
-        display_name=display_name,
         compartment_id=compartment_id,
         subnet_id=subnet_id,
         image_id=image_id,
-        shape=shape,
-        ocpus=ocpus,
-        memory_gbs=memory_gbs,
         boot_volume_gbs=boot_volume_gbs,
         ssh_public_key=ssh_public_key,
         assign_public_ip=assign_public_ip,
@@ -146,26 +128,26 @@ def launch_a1_instance(
                     return {"status": "waiting", "attempts": attempts, "next_attempt_at": at}
                 case GiveUp(reason=reason):
                     raise LaunchRefused(reason)
-            answer = _answer(move.action, clients, compartment_id, display_name, details)
-            move = campaign.step(plan, move.run, answer, now())
+            answer = _answer(move.action, clients, plan)
+            move = campaign.step(plan, move.run, answer, clock.wall())
     finally:
         journal.save_table()
 
 
-def _answer(action, clients: OciClients, compartment_id: str, name: str, details) -> Answer:
+def _answer(action, clients: OciClients, plan: Plan) -> Answer:
     """Make the call the campaign asked for; the answer goes back to it."""
     match action:
         case ListInstances():
             try:
-                return Listed(find_instance(clients, compartment_id, name))
+                return Listed(find_instance(clients, plan.compartment_id, plan.display_name))
             except Exception as exc:  # noqa: BLE001 - failure_from re-raises what it cannot classify
                 return Listed(failure_from(exc))
         case ListAds():
             return AdsListed(tuple(list_availability_domains(clients)))
         case Launch(ad=ad, token=token):
-            return Answered(try_launch(clients, details(availability_domain=ad), token))
+            return Answered(try_launch(clients, launch_details(plan, ad), token))
         case Wait(seconds=seconds):
-            sleep(seconds)
+            clock.sleep(seconds)
             return Slept()
     raise TypeError(f"no call for {action!r}")
 
@@ -188,7 +170,7 @@ class _Journal:
     def record(self, row: Row) -> None:
         self.rows.append(
             {
-                "time": campaign.iso(now()),
+                "time": campaign.iso(clock.wall()),
                 "availability_domain": row.availability_domain,
                 "outcome": row.outcome,
                 "oci_code": row.oci_code,
@@ -225,7 +207,7 @@ class _Journal:
     def save_table(self) -> None:
         create_table_artifact(
             key="a1-launch-attempts",
-            table=self.rows or [{"time": campaign.iso(now()), "outcome": "no attempt"}],
+            table=self.rows or [{"time": campaign.iso(clock.wall()), "outcome": "no attempt"}],
             description=f"Launch attempts for {self.display_name!r} in this run",
         )
 
@@ -240,7 +222,7 @@ def _public_ip(clients, compartment_id: str, instance_id: str, wanted: bool) -> 
         if ip:
             return ip
         if attempt < 2:
-            sleep(10)
+            clock.sleep(10)
     return None
 
 

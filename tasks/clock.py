@@ -22,6 +22,15 @@ def monotonic() -> float:
     return time.monotonic()
 
 
+def wall() -> float:
+    """Seconds since the epoch: for what is stored and compared across runs (the A1 campaign)."""
+    return time.time()
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
+
+
 def operator_tz() -> ZoneInfo:
     return ZoneInfo(os.environ.get("INVESTFLOW_OPERATOR_TZ", "Asia/Seoul"))
 

@@ -10,6 +10,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from blocks.oci import OciCredentials
+from tasks.oci.moves import Plan
 
 # States in which an instance with our display name counts as "ours already exists".
 ALIVE_STATES = frozenset({"PROVISIONING", "STARTING", "RUNNING", "STOPPING", "STOPPED"})
@@ -125,36 +126,25 @@ def build_clients(
     )
 
 
-def launch_details(
-    *,
-    display_name: str,
-    compartment_id: str,
-    availability_domain: str,
-    subnet_id: str,
-    image_id: str,
-    shape: str,
-    ocpus: float,
-    memory_gbs: float,
-    boot_volume_gbs: int | None,
-    ssh_public_key: str | None,
-    assign_public_ip: bool,
-):
+def launch_details(plan: Plan, availability_domain: str):
     """The LaunchInstanceDetails of one attempt in one availability domain."""
     from oci.core import models
 
     return models.LaunchInstanceDetails(
         availability_domain=availability_domain,
-        compartment_id=compartment_id,
-        display_name=display_name,
-        shape=shape,
-        shape_config=models.LaunchInstanceShapeConfigDetails(ocpus=ocpus, memory_in_gbs=memory_gbs),
+        compartment_id=plan.compartment_id,
+        display_name=plan.display_name,
+        shape=plan.shape,
+        shape_config=models.LaunchInstanceShapeConfigDetails(
+            ocpus=plan.ocpus, memory_in_gbs=plan.memory_gbs
+        ),
         source_details=models.InstanceSourceViaImageDetails(
-            image_id=image_id, boot_volume_size_in_gbs=boot_volume_gbs
+            image_id=plan.image_id, boot_volume_size_in_gbs=plan.boot_volume_gbs
         ),
         create_vnic_details=models.CreateVnicDetails(
-            subnet_id=subnet_id, assign_public_ip=assign_public_ip
+            subnet_id=plan.subnet_id, assign_public_ip=plan.assign_public_ip
         ),
-        metadata={"ssh_authorized_keys": ssh_public_key} if ssh_public_key else None,
+        metadata={"ssh_authorized_keys": plan.ssh_public_key} if plan.ssh_public_key else None,
     )
 
 

@@ -21,6 +21,13 @@ class Plan:
     limit_exceeded_attempts: int = 10  # LimitExceeded answers in a row before giving up
     max_run_minutes: float = 9
     progress_every: int = 20  # a progress alert every this many attempts; 0: none
+    # Where the instance goes and what it boots (the LaunchInstanceDetails beyond the shape).
+    compartment_id: str = ""
+    subnet_id: str = ""
+    image_id: str = ""
+    boot_volume_gbs: int | None = None
+    ssh_public_key: str | None = None
+    assign_public_ip: bool = True
 
 
 # -- what to do next

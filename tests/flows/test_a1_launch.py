@@ -19,8 +19,8 @@ from prefect.client.schemas.filters import (
 from prefect.logging.handlers import APILogHandler
 from pydantic import SecretStr
 
+import tasks.clock
 from blocks.oci import OciCredentials
-from flows import a1_launch
 from flows.a1_launch import launch_a1_instance
 from tasks.oci.state import load_state
 from tasks.settings import PROJECT_ROOT
@@ -72,8 +72,8 @@ def name():
 def launch(name, block, clock, **params):
     """One run in this process, on the fake clock: its sleeps pass at once and are recorded."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(a1_launch, "now", clock.time)
-        patch.setattr(a1_launch, "sleep", clock.sleep)
+        patch.setattr(tasks.clock, "wall", clock.time)
+        patch.setattr(tasks.clock, "sleep", clock.sleep)
         return launch_a1_instance(
             compartment_id=COMPARTMENT,
             subnet_id="ocid1.subnet.oc1..s",
@@ -397,6 +397,6 @@ def test_once_the_instance_exists_the_flow_pauses_its_own_deployment(
 
 
 def test_the_deployment_form_asks_for_no_clock_or_sleep():
-    # time comes from the module's now() and sleep(), which the tests above replace
+    # time comes from tasks/clock.py's wall() and sleep(), which the tests above replace
     assert {"clock", "sleep"}.isdisjoint(launch_a1_instance.parameters.properties)
     assert "compartment_id" in launch_a1_instance.parameters.properties

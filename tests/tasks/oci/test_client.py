@@ -21,6 +21,7 @@ from tasks.oci.client import (
     list_availability_domains,
     try_launch,
 )
+from tasks.oci.moves import Plan
 from tests.fakes.oci import ADS, ERRORS, FakeOci, make_api_key
 
 COMPARTMENT = "ocid1.compartment.oc1..test"
@@ -49,10 +50,9 @@ def fake(api_key):
 
 
 def details(ad=ADS[0], name="a1-test"):
-    return launch_details(
+    plan = Plan(
         display_name=name,
         compartment_id=COMPARTMENT,
-        availability_domain=ad,
         subnet_id="ocid1.subnet.oc1..s",
         image_id="ocid1.image.oc1..i",
         shape="VM.Standard.A1.Flex",
@@ -62,6 +62,7 @@ def details(ad=ADS[0], name="a1-test"):
         ssh_public_key="ssh-ed25519 AAAAC3Nz test",
         assign_public_ip=True,
     )
+    return launch_details(plan, ad)
 
 
 @pytest.mark.parametrize(
