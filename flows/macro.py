@@ -6,12 +6,11 @@ import datetime as dt
 
 import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from tasks.health.freshness import emit_freshness, macro_facts, macro_newest
+from tasks.health.freshness import emit_freshness, macro_facts, macro_group, macro_newest
 from tasks.limits import ensure_rate_limit
 from tasks.macro.fred import (
     DEFAULT_SERIES,
@@ -25,6 +24,7 @@ from tasks.macro.fred import (
     resolve_api_key,
     scrub,
 )
+from tasks.macro.report import outcome, publish, raise_if_failed
 from tasks.macro.series import (
     clean_series_ids,
     new_vintages,
@@ -37,17 +37,6 @@ from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
 
 HISTORY_YEARS = 20
-
-
-class MacroRunFailed(RuntimeError):
-    """Too many series failed for the run to count as done."""
-
-
-def _outcome(series_id: str, status: str, error: str = "", **counts) -> dict:
-    row = {"series": series_id, "inserted": 0, "updated": 0, "unchanged": 0,
-           "last_observation": "", "status": status, "error": error}  # fmt: skip
-    row.update(counts)
-    return row
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -76,7 +65,7 @@ def ingest_series(
     """
     info = fetch_info(client, series_id)
     if not needs_fetch(stored, info, vintages):
-        return _outcome(series_id, "ok", action="unchanged", last_updated=str(info["last_updated"]))
+        return outcome(series_id, "ok", action="unchanged", last_updated=str(info["last_updated"]))
     since = min(first, stored.first_obs) if stored and stored.first_obs else first
     observations = fetch_observations(client, series_id, since)
     added = pd.DataFrame()
@@ -88,7 +77,7 @@ def ingest_series(
     # Everything is fetched before anything is written: a failed series leaves no half.
     result, flags = write_series(engine, info, observations, added, flow_run.get_id())
     last = observations["obs_date"].max() if not observations.empty else None
-    return _outcome(
+    return outcome(
         series_id, "ok", inserted=result.inserted, updated=result.updated,
         unchanged=result.unchanged, last_observation=str(last or ""), vintages=len(added),
         action="fetched", last_updated=str(info["last_updated"]), new_flags=len(flags),
@@ -109,25 +98,36 @@ def ingest_macro(
 
     retry_backoff_s: the first retry's delay for a transient error; the second waits twice it.
     """
-    logger = get_run_logger()
     settings = get_settings()
     api_key = resolve_api_key(settings)  # a missing key stops the run before any request
-    key = api_key.get_secret_value()
     ensure_rate_limit("fred")
     client = build_client(settings, api_key)
-    ingest = ingest_series.with_options(
-        retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_s)
-    )
     engine = engine_from_settings(settings)
 
     ids, invalid = clean_series_ids(series)
-    outcomes = [_outcome(s, "failed", "not a FRED series id") for s in invalid]
     first = start or dt.date.today() - dt.timedelta(days=round(365.25 * HISTORY_YEARS))
+    ingest = ingest_series.with_options(
+        retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_s)
+    )
+    outcomes = [outcome(s, "failed", "not a FRED series id") for s in invalid]
+    key_error = ingest_each(ingest, client, engine, ids, first, vintages, outcomes, api_key)
+
+    publish(outcomes)
+    report_freshness(engine)
+    failed = sum(o["status"] != "ok" for o in outcomes)
+    get_run_logger().info("macro: %d series ok, %d failed", len(outcomes) - failed, failed)
+    raise_if_failed(outcomes, max_failed_ratio, key_error, api_key.get_secret_value())
+    return outcomes
+
+
+def ingest_each(ingest, client, engine, ids, first, vintages, outcomes, api_key) -> str | None:
+    """Each series in turn, its outcome appended; a refused key skips the rest (returned)."""
+    key = api_key.get_secret_value()
     stored = read_stored(engine, ids)
     key_error = None
     for series_id in ids:
         if key_error:
-            outcomes.append(_outcome(series_id, "skipped", key_error))
+            outcomes.append(outcome(series_id, "skipped", key_error))
             continue
         state = ingest(
             client, engine, series_id, first, vintages, stored.get(series_id), return_state=True
@@ -137,26 +137,10 @@ def ingest_macro(
             continue
         error = state.result(raise_on_failure=False)
         message = scrub(error, key) if isinstance(error, Exception) else scrub(state.message, key)
-        outcomes.append(_outcome(series_id, "failed", message))
+        outcomes.append(outcome(series_id, "failed", message))
         if isinstance(error, FredKeyError):
             key_error = message  # the same key would fail every other series too
-
-    failed = [o for o in outcomes if o["status"] != "ok"]
-    _publish(outcomes)
-    report_freshness(engine)
-    logger.info("macro: %d series ok, %d failed", len(outcomes) - len(failed), len(failed))
-    if key_error:
-        raise FredKeyError(key_error)
-    if outcomes and len(failed) / len(outcomes) > max_failed_ratio:
-        detail = "; ".join(f"{o['series']}: {o['error']}" for o in failed)
-        raise MacroRunFailed(
-            scrub(
-                f"{len(failed)} of {len(outcomes)} series failed, more than "
-                f"{max_failed_ratio:.0%} allowed: {detail}",
-                key,
-            )
-        )
-    return outcomes
+    return key_error
 
 
 def report_freshness(engine) -> None:
@@ -165,17 +149,5 @@ def report_freshness(engine) -> None:
     for frequency, newest in macro_newest(engine).items():
         facts = macro_facts(frequency, newest, now)
         if facts is not None:
-            group = frequency.split(",")[0].lower()
+            group = macro_group(frequency)
             emit_freshness(f"macro.{group}", f"macro ({group})", facts)
-
-
-def _publish(outcomes: list[dict]) -> None:
-    """One table per run: what each series wrote, or why it failed."""
-    columns = ["series", "action", "inserted", "updated", "unchanged", "last_observation",
-               "last_updated", "new_flags", "status", "error"]  # fmt: skip
-    create_table_artifact(
-        key="macro-ingest",
-        table=[{c: o.get(c, "") for c in columns} for o in outcomes],
-        description="FRED series this run checked: 'unchanged' (same last_updated, nothing "
-        "fetched) or 'fetched' whole (observations inserted/updated/unchanged).",
-    )
