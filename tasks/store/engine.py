@@ -8,7 +8,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tasks.settings import PROJECT_ROOT
 
 
 def normalize_url(url: str) -> str:

@@ -76,7 +76,8 @@ def test_upgrading_keeps_one_row_per_refused_row(pg_admin_url):
     from alembic import command
     from alembic.config import Config
 
-    from tasks.store.engine import PROJECT_ROOT, normalize_url
+    from tasks.settings import PROJECT_ROOT
+    from tasks.store.engine import normalize_url
     from tests.conftest import create_database, drop_database
 
     url = create_database(pg_admin_url)
