@@ -33,8 +33,8 @@ class UniverseSourcesFailed(RuntimeError):
     persist_result=False,
     retries=2,
     retry_delay_seconds=[10, 60],
-    retry_condition_fn=lambda t, r, state: not isinstance(
-        state.result(raise_on_failure=False), SourceError
+    retry_condition_fn=lambda t, r, state: (
+        not isinstance(state.result(raise_on_failure=False), SourceError)
     ),
     timeout_seconds=300,
 )
@@ -102,8 +102,7 @@ def report(day, sizes, changes, failed) -> None:
         mine = [c for c in changes if c.universe == name]
         kinds = {k: sum(c.change == k for c in mine) for k in ("joined", "left", "ticker change")}
         lines.append(
-            f"- {name}: {size} members; "
-            + ", ".join(f"{k} {v}" for k, v in kinds.items())
+            f"- {name}: {size} members; " + ", ".join(f"{k} {v}" for k, v in kinds.items())
         )
     for name, why in failed.items():
         lines.append(f"- {name}: FAILED, membership unchanged: {why}")

@@ -130,7 +130,9 @@ def fetch_list(engine: Engine, universe: str, day: dt.date, grace_days: int) -> 
         rows = conn.execute(sa.select(um).where(um.c.universe == universe)).all()
     if not rows:
         return {"stored": False, "fetch": [], "left": {}}
-    current = {r.symbol for r in rows if r.valid_from <= day and (r.valid_to is None or r.valid_to > day)}
+    current = {
+        r.symbol for r in rows if r.valid_from <= day and (r.valid_to is None or r.valid_to > day)
+    }
     left: dict[str, dt.date] = {}
     for r in rows:
         if r.valid_to is not None and r.valid_to <= day and r.symbol not in current:

@@ -77,7 +77,9 @@ def check_members(universe: Universe, raw: pd.DataFrame) -> tuple[list[Member], 
         except ValueError as exc:
             refused.append(str(exc))
             continue
-        members.setdefault(symbol, Member(symbol, None if pd.isna(name) else str(name), universe.market))
+        members.setdefault(
+            symbol, Member(symbol, None if pd.isna(name) else str(name), universe.market)
+        )
     low, high = universe.size
     if not low <= len(members) <= high:
         raise SourceError(

@@ -75,7 +75,8 @@ class FakeListings:
         self.day = dt.date(2024, 6, 3)
         self.krx = {
             "STK": [("005930", "삼성전자"), ("000660", "SK하이닉스")] + kr_codes(100000, kospi - 2),
-            "KSQ": [("247540", "에코프로비엠"), ("086520", "에코프로")] + kr_codes(300000, kosdaq - 2),
+            "KSQ": [("247540", "에코프로비엠"), ("086520", "에코프로")]
+            + kr_codes(300000, kosdaq - 2),
         }
         self.indexes = {KOSPI200: self.krx["STK"][:200], KOSDAQ150: self.krx["KSQ"][:150]}
         self.sp500 = [

@@ -136,3 +136,61 @@ def test_a_short_answer_is_garbage(listings, pg_engine):
     with pytest.raises(UniverseSourcesFailed, match=r"20 members, expected 195-205"):
         refresh(["kospi200"], TUE)
     assert len(members_as_of(pg_engine, "kospi200", TUE)) == 200
+
+
+def kr_at(day: dt.date) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(21, 0), dt.UTC)  # after the KRX close
+
+
+def test_price_runs_follow_the_universe(listings, yahoo, pg_engine):
+    from flows.prices import ingest_kr_prices
+
+    kr = ingest_kr_prices.with_options(retries=0)
+    refresh(["kosdaq150"], MON)
+    first = kr(universe="kosdaq150", start=dt.date(2024, 5, 27), as_of=kr_at(MON), backoff_s=0.01)
+    members = {s + ".KQ" for s, _ in listings.indexes[KOSDAQ150]}
+    assert first["failed"] == {} and first["fetched"] == 150
+    with pg_engine.connect() as conn:
+        stored = set(conn.execute(sa.text("SELECT DISTINCT symbol FROM daily_prices")).scalars())
+    assert stored == members
+
+    # Tuesday: the last member leaves KOSDAQ 150, a new one joins.
+    leaver, joiner = listings.indexes[KOSDAQ150][-1][0] + ".KQ", "300500.KQ"
+    listings.indexes[KOSDAQ150] = listings.indexes[KOSDAQ150][:-1] + [("300500", "New Co")]
+    refresh(["kosdaq150"], TUE)
+    second = kr(universe="kosdaq150", as_of=kr_at(TUE), backoff_s=0.01)
+    assert second["failed"] == {}
+    # The joiner was backfilled in this run (ten years); the leaver is still fetched (grace).
+    joined = yahoo.chart_requests(joiner)
+    assert len(joined) == 1
+    assert dt.datetime.fromtimestamp(int(joined[0].query["period1"]), dt.UTC).year == 2014
+    with pg_engine.connect() as conn:
+        count = conn.execute(
+            sa.text("SELECT count(*), min(trade_date) FROM daily_prices WHERE symbol = :s"),
+            {"s": joiner},
+        ).one()
+    assert count[0] > 2000 and count[1] < dt.date(2014, 7, 1)
+    assert len(yahoo.chart_requests(leaver)) == 2
+
+    # Past the grace period (7 days): the leaver is no longer asked for, its rows are kept,
+    # and it was flagged once.
+    later = dt.date(2024, 6, 14)
+    kr(universe="kosdaq150", as_of=kr_at(later), backoff_s=0.01)
+    kr(universe="kosdaq150", as_of=kr_at(later + dt.timedelta(days=3)), backoff_s=0.01)
+    assert len(yahoo.chart_requests(leaver)) == 2
+    with pg_engine.connect() as conn:
+        kept = conn.execute(
+            sa.text("SELECT count(*) FROM daily_prices WHERE symbol = :s"), {"s": leaver}
+        ).scalar()
+        flags = conn.execute(
+            sa.text("SELECT entity, flag_date, kind FROM quality_flags WHERE kind = 'left_universe'")
+        ).all()
+    assert kept >= 7
+    assert flags == [(leaver, TUE, "left_universe")]
+
+
+def test_a_universe_of_the_other_market_is_refused(listings, yahoo, pg_engine):
+    from flows.prices import ingest_us_prices
+
+    with pytest.raises(ValueError, match="universe 'kospi200' is not a US universe"):
+        ingest_us_prices.with_options(retries=0)(universe="kospi200")
