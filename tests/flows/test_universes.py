@@ -9,21 +9,12 @@ import sqlalchemy as sa
 
 from flows.listings import UniverseSourcesFailed, refresh_universes
 from tasks.universes.membership import AS_OF_SQL, members_as_of
-from tests.fakes.listings import KOSDAQ150, KOSPI200, FakeListings
+from tests.fakes.listings import KOSDAQ150, KOSPI200
 from tests.flows.test_prices import latest_artifact, table_rows
 
 pytestmark = pytest.mark.integration
 
 MON, TUE, WED = dt.date(2024, 6, 3), dt.date(2024, 6, 4), dt.date(2024, 6, 5)
-
-
-@pytest.fixture
-def listings(pg_engine, monkeypatch):
-    with FakeListings() as fake:
-        for name, value in fake.env().items():
-            monkeypatch.setenv(name, value)
-        monkeypatch.setenv("INVESTFLOW_HTTP_TIMEOUT_S", "5")
-        yield fake
 
 
 def refresh(names, day, **kw):
@@ -183,7 +174,9 @@ def test_price_runs_follow_the_universe(listings, yahoo, pg_engine):
             sa.text("SELECT count(*) FROM daily_prices WHERE symbol = :s"), {"s": leaver}
         ).scalar()
         flags = conn.execute(
-            sa.text("SELECT entity, flag_date, kind FROM quality_flags WHERE kind = 'left_universe'")
+            sa.text(
+                "SELECT entity, flag_date, kind FROM quality_flags WHERE kind = 'left_universe'"
+            )
         ).all()
     assert kept >= 7
     assert flags == [(leaver, TUE, "left_universe")]
