@@ -15,7 +15,14 @@ from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
 from tasks.universes.membership import Change, record_members
 from tasks.universes.route import routed
-from tasks.universes.sources import LISTING_HOSTS, Member, SourceError, check_members, universes
+from tasks.universes.sources import (
+    LISTING_HOSTS,
+    ListingGarbage,
+    Member,
+    SourceError,
+    check_members,
+    universes,
+)
 
 US_UNIVERSES = ["sp500", "nasdaq", "nyse"]
 KR_UNIVERSES = ["kospi200", "kosdaq150", "kospi", "kosdaq"]
@@ -25,7 +32,8 @@ class UniverseSourcesFailed(RuntimeError):
     """One or more listing sources failed; their stored membership was left as it was."""
 
 
-# A failed service is retried twice; an answer that is not a listing is not (it would repeat).
+# A failed read is retried twice (the library gives no status to tell an outage from a bad
+# page, so every failure to read is retried); a read listing that is not believable is not.
 @task(
     name="read-listing",
     task_run_name="read-{name}",
@@ -34,7 +42,7 @@ class UniverseSourcesFailed(RuntimeError):
     retries=2,
     retry_delay_seconds=[10, 60],
     retry_condition_fn=lambda t, r, state: (
-        not isinstance(state.result(raise_on_failure=False), SourceError)
+        not isinstance(state.result(raise_on_failure=False), ListingGarbage)
     ),
     timeout_seconds=300,
 )

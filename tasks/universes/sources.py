@@ -27,6 +27,10 @@ class SourceError(RuntimeError):
     """A listing source failed or answered something that is not a listing."""
 
 
+class ListingGarbage(SourceError):
+    """The source answered, but not a believable listing: asking again would not help."""
+
+
 @dataclass(frozen=True)
 class Member:
     symbol: str  # Yahoo's symbol
@@ -68,7 +72,7 @@ def to_yahoo_us(symbol: str) -> str:
 def check_members(universe: Universe, raw: pd.DataFrame) -> tuple[list[Member], list[str]]:
     """The members of raw, and the rows refused (with why); SourceError if raw is garbage."""
     if not isinstance(raw, pd.DataFrame) or not {"code", "name", "board"} <= set(raw.columns):
-        raise SourceError(f"{universe.source} ({universe.name}): not a listing table")
+        raise ListingGarbage(f"{universe.source} ({universe.name}): not a listing table")
     members: dict[str, Member] = {}
     refused: list[str] = []
     for code, name, board in raw[["code", "name", "board"]].itertuples(index=False):
@@ -82,12 +86,12 @@ def check_members(universe: Universe, raw: pd.DataFrame) -> tuple[list[Member], 
         )
     low, high = universe.size
     if not low <= len(members) <= high:
-        raise SourceError(
+        raise ListingGarbage(
             f"{universe.source} ({universe.name}): {len(members)} members, expected {low}-{high}; "
             "stored membership left as it was"
         )
     if len(refused) > max(5, 0.02 * len(raw)):
-        raise SourceError(
+        raise ListingGarbage(
             f"{universe.source} ({universe.name}): {len(refused)} of {len(raw)} rows unreadable, "
             f"e.g. {refused[:3]}"
         )

@@ -57,6 +57,8 @@ def deploy(client, flow, name: str, pool: str, entrypoint: str) -> uuid.UUID:
 
 
 @pytest.mark.slow
+# 9,000 symbols through three child processes: about 13 minutes on a loaded 2-core machine.
+@pytest.mark.timeout(2400)
 @pytest.mark.listing_sizes(nasdaq=5000, nyse=4000)
 def test_nine_thousand_symbols_in_child_runs_none_twice_none_missed(
     listings, yahoo, pg_engine, pg_url, process_pool, tmp_path
