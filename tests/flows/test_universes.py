@@ -113,9 +113,9 @@ def test_a_failing_source_leaves_membership_unchanged_and_names_it(listings, pg_
     with pytest.raises(UniverseSourcesFailed, match=r"kosdaq150 \(krx \(kosdaq150\)") as failure:
         refresh(["kosdaq150", "sp500"], TUE)
     assert "sp500" not in str(failure.value)
-    # A read that failed was tried three times (two retries); each try asked KRX again.
-    forms = [r.body.decode() for r in listings.requests if r.path.endswith("getJsonData.cmd")]
-    assert sum("MDCSTAT00601" in f for f in forms) == 1 + 3
+    # A read that failed was tried three times (two retries); each try asked KRX again (an
+    # index read starts with the last working day, resource bundle B161).
+    assert sum(r.query.get("key") == "B161.bld" for r in listings.requests) == 1 + 3
     assert spells(pg_engine, "kosdaq150") == before[0]
     # The other source's universe was still brought up to date.
     assert len(members_as_of(pg_engine, "sp500", TUE)) == 502
