@@ -66,7 +66,8 @@ def child_limits(base: str, parallel: int) -> list[str]:
     return names
 
 
-@flow(name="market-prices", timeout_seconds=4 * 3600)
+# Two hours: even with one shared budget (~38 min at 4/s) the market fits with room.
+@flow(name="market-prices", timeout_seconds=2 * 3600)
 def ingest_market_prices(
     market: MarketCode = "US",
     universes: list[str] | None = None,
