@@ -16,7 +16,7 @@ from prefect.artifacts import (
 )
 
 from tasks.health.freshness import emit_freshness, freshness
-from tasks.limits import ensure_rate_limit
+from tasks.limits import RATE_LIMITS, ensure_rate_limits
 from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.market.quality import Issue, stale_symbols
 from tasks.market.writes import (
@@ -28,11 +28,22 @@ from tasks.market.writes import (
     write_chunk,
 )
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
-from tasks.params import AtLeastOne, NonNegative, PastDate, Ratio, Seconds, Symbol
+from tasks.params import (
+    AtLeastOne,
+    NonNegative,
+    PastDate,
+    RateLimitName,
+    Ratio,
+    Seconds,
+    Symbol,
+    UniverseName,
+)
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
 from tasks.store.ledger import record_flags
 from tasks.store.upsert import latest_dates
+from tasks.universes.membership import fetch_list
+from tasks.universes.sources import universes
 
 UNIVERSES = Path(__file__).resolve().parent / "universes"
 BACKFILL_YEARS = 10
@@ -55,10 +66,23 @@ def ingest_us_prices(
     max_failed_ratio: Ratio = 0.2,
     as_of: dt.datetime | None = None,
     backoff_s: Seconds = 2.0,
+    universe: UniverseName | None = None,
+    rate_limit: RateLimitName | None = "yahoo",
 ) -> dict:
-    """Bring US daily bars (flows/universes/us.txt by default) up to the last NYSE session."""
+    """Bring a US universe's daily bars (symbols, else the stored members of universe, else of
+    the configured one, else flows/universes/us.txt) up to the last NYSE session."""
     return ingest_prices(
-        "US", symbols, start, end, lookback_sessions, chunk_size, max_failed_ratio, as_of, backoff_s
+        "US",
+        symbols,
+        start,
+        end,
+        lookback_sessions,
+        chunk_size,
+        max_failed_ratio,
+        as_of,
+        backoff_s,
+        universe,
+        rate_limit,
     )
 
 
@@ -72,10 +96,23 @@ def ingest_kr_prices(
     max_failed_ratio: Ratio = 0.2,
     as_of: dt.datetime | None = None,
     backoff_s: Seconds = 2.0,
+    universe: UniverseName | None = None,
+    rate_limit: RateLimitName | None = "yahoo",
 ) -> dict:
-    """Bring KOSPI/KOSDAQ daily bars (flows/universes/kr.txt) up to the last KRX session."""
+    """Bring a KOSPI/KOSDAQ universe's daily bars (as us-prices picks them; the text file is
+    flows/universes/kr.txt) up to the last KRX session."""
     return ingest_prices(
-        "KR", symbols, start, end, lookback_sessions, chunk_size, max_failed_ratio, as_of, backoff_s
+        "KR",
+        symbols,
+        start,
+        end,
+        lookback_sessions,
+        chunk_size,
+        max_failed_ratio,
+        as_of,
+        backoff_s,
+        universe,
+        rate_limit,
     )
 
 
@@ -89,14 +126,22 @@ def ingest_prices(
     max_failed_ratio: float,
     as_of: dt.datetime | None,
     backoff_s: float,
+    universe: str | None = None,
+    rate_limit: str | None = "yahoo",
 ) -> dict:
     """The job both flows run: plan by calendar, fetch and write chunk by chunk, report."""
     logger = get_run_logger()
     settings = get_settings()
     engine = engine_from_settings(settings)
     market = MARKETS[market_code]
-    symbols = [s.strip().upper() for s in (symbols or load_universe(market_code))]
     now = as_utc(as_of)
+    flags: list[Issue] = []
+    if symbols:
+        symbols = [s.strip().upper() for s in symbols]
+    else:
+        symbols, leaving = universe_symbols(engine, market_code, universe, now.date(), settings)
+        with engine.begin() as conn:
+            flags = record_flags(conn, leaving, "universes", run_id())
     through = last_closed_session(market, now)
     if end is not None:
         through = min(through, end)
@@ -129,7 +174,8 @@ def ingest_prices(
         through,
         sum(p.backfill for p in plans),
     )
-    ensure_rate_limit("yahoo")
+    if rate_limit:  # a child of market-prices has a limit of its own (flows/market.py)
+        ensure_rate_limits({rate_limit: RATE_LIMITS.get(rate_limit, RATE_LIMITS["yahoo"])})
     chunks = chunk_plans(plans, chunk_size)
     progress = (
         create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")
@@ -137,7 +183,6 @@ def ingest_prices(
         else None
     )
     reports: list[SymbolReport] = []
-    flags: list[Issue] = []
     rebased: dict[str, Rebase] = {}
     throttled = None
     ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None
@@ -147,6 +192,7 @@ def ingest_prices(
         settings.yahoo_base_url,
         settings.http_timeout_s,
         backoff_s,
+        rate_limit,
         ca_bundle=ca_bundle,
     )
     for number, chunk in enumerate(chunks, 1):
@@ -219,6 +265,34 @@ def report_freshness(market, newest: dt.date | None, now: dt.datetime) -> None:
     emit_freshness(f"prices.{market.code}", f"{market.code} prices", facts)
     if not facts["fresh"]:
         get_run_logger().warning("%s prices are stale: %s", market.code, facts)
+
+
+def universe_symbols(
+    engine, market_code: str, universe: str | None, day: dt.date, settings
+) -> tuple[list[str], list[Issue]]:
+    """The symbols a run fetches: the universe's stored members on day and its leavers still
+    in their grace period (tasks/universes/README.md), or the text file when none is stored;
+    and a left_universe flag for every leaver (quality_flags keeps each once)."""
+    name = universe or (settings.us_universe if market_code == "US" else settings.kr_universe)
+    known = universes()
+    if name not in known or known[name].market != market_code:
+        choices = sorted(n for n, u in known.items() if u.market == market_code)
+        raise ValueError(f"universe {name!r} is not a {market_code} universe: one of {choices}")
+    found = fetch_list(engine, name, day, settings.leaver_grace_days)
+    if not found["stored"]:
+        get_run_logger().warning(
+            "no membership stored for %s (has the universes flow run?): "
+            "fetching flows/universes/%s.txt",
+            name,
+            market_code.lower(),
+        )
+        return [s.upper() for s in load_universe(market_code)], []
+    grace = settings.leaver_grace_days
+    flags = [
+        Issue(s, d, "left_universe", f"left {name} on {d}; fetched {grace} more days")
+        for s, d in found["left"].items()
+    ]
+    return found["fetch"], flags
 
 
 def load_universe(market_code: str) -> list[str]:

@@ -30,6 +30,10 @@ MarketCode = Literal["US", "KR"]
 Device = Literal["auto", "cpu", "cuda"]
 # Yahoo symbols (AAPL, BRK-B, 005930.KS, ^GSPC); the store's own check upper-cases them.
 Symbol = Annotated[str, Field(pattern=r"^[A-Za-z0-9.^=-]{1,20}$")]
+# A universe the universes flow keeps (tasks/universes/sources.py): sp500, kospi200, ...
+UniverseName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,24}$")]
+# A Prefect global concurrency limit used as a request rate (tasks/limits.py): yahoo, yahoo-2.
+RateLimitName = Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")]
 SeriesId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,40}$")]
 # A database on the configured server, by name only: a URL would carry its password into the
 # run's stored parameters.

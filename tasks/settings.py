@@ -28,6 +28,15 @@ class Settings(BaseSettings):
     yahoo_base_url: str = "https://query2.finance.yahoo.com"
     # CA certificates to trust for Yahoo instead of the public ones (a mirror's own CA).
     yahoo_ca_bundle: Path | None = None
+    # The listing services (KRX, Wikipedia, Naver; tasks/universes/sources.py) are reached at
+    # this URL's address, their names kept, as for Yahoo; unset: the real hosts.
+    listings_base_url: str | None = None
+    listings_ca_bundle: Path | None = None
+    # The universe a price run follows when none is given (flows/universes/*.txt when none
+    # is stored yet), and how long a leaver is still fetched (tasks/universes/README.md).
+    us_universe: str = "sp500"
+    kr_universe: str = "kospi200"
+    leaver_grace_days: int = 7
     fred_base_url: str = "https://api.stlouisfed.org"
     fred_api_key: SecretStr | None = None
     backup_dir: Path = PROJECT_ROOT / "data" / "backups"

@@ -191,6 +191,24 @@ ingest_batches = sa.Table(
     sa.Column("written_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
 )
 
+# Universe membership (tasks/universes/membership.py): one row per spell a symbol spent in a
+# universe, valid_from inclusive, valid_to exclusive (NULL: a member now). A change is a new
+# row or the closing of an open one; no spell's start, name or symbol is ever rewritten.
+universe_members = sa.Table(
+    "universe_members",
+    metadata,
+    sa.Column("universe", sa.String(24), primary_key=True),  # sp500, kospi200, nasdaq, ...
+    sa.Column("symbol", sa.String(20), primary_key=True),  # Yahoo's: 005930.KS, BRK-B
+    sa.Column("valid_from", sa.Date, primary_key=True),
+    sa.Column("valid_to", sa.Date),
+    sa.Column("name", sa.Text),
+    sa.Column("market", sa.String(8), nullable=False),  # US, KR
+    sa.Column("previous_symbol", sa.String(20)),  # set when this spell is a ticker change
+    sa.Column("source", sa.String(24), nullable=False),
+    sa.Column("flow_run_id", sa.String(36)),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), server_default=NOW, nullable=False),
+)
+
 
 @dataclass(frozen=True)
 class UpsertSpec:

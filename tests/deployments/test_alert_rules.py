@@ -19,6 +19,8 @@ def test_every_scheduled_deployment_is_expected_within_its_longest_gap_plus_grac
     windows = {c.deployment: c.window for c in cadences(grace=H)}
     assert windows["us-prices"] == 73 * H  # Saturday's run, then Tuesday's
     assert windows["kr-prices"] == 73 * H
+    assert windows["universes-us"] == windows["universes-kr"] == 73 * H
+    assert "us-market-prices" not in windows  # started by the operator
     assert windows["macro"] == 49 * H  # Friday 23:00 to Sunday 23:00
     assert windows["backup-postgres"] == 25 * H
     assert windows["verify-backups"] == windows["train-model"] == 169 * H

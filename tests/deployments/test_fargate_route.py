@@ -211,7 +211,15 @@ def test_only_the_cpu_fallback_leaves_the_pools_ingestion_image():
         if "image" in d["work_pool"].get("job_variables", {})
     }
     assert set(own_image) == {"predict-returns-cpu"}
-    assert set(on_fargate) - set(own_image) == {"us-prices", "kr-prices", "macro"}
+    assert set(on_fargate) - set(own_image) == {
+        "us-prices",
+        "kr-prices",
+        "macro",
+        "universes-us",
+        "universes-kr",
+        "us-market-prices",
+        "kr-market-prices",
+    }
 
     before = Variable.get(CPU_IMAGE_VARIABLE)
     image = f"registry.example/investflow-cpu:{uuid.uuid4().hex[:12]}"

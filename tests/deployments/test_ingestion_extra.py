@@ -75,7 +75,15 @@ def test_the_ingestion_image_installs_the_ingestion_lock_only():
     assert "pip install --no-deps ." in text
     locked = pins(LOCKS / "ingestion.txt")
     assert not set(HEAVY) & set(locked)
-    assert set(ingestion_deployments()) == {"us-prices", "kr-prices", "macro"}
+    assert set(ingestion_deployments()) == {
+        "us-prices",
+        "kr-prices",
+        "macro",
+        "universes-us",
+        "universes-kr",
+        "us-market-prices",
+        "kr-market-prices",
+    }
 
 
 def lock_extras(lock: Path, extras: dict[str, list[str]]) -> list[str]:

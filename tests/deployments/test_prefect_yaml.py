@@ -20,8 +20,17 @@ ROOT = Path(__file__).resolve().parents[2]
 # (README, "What runs where"); prefect.yaml writes them in the operator's Asia/Seoul and must
 # fire at the same instants.
 EXPECTED = {
+    "universes-us": ("flows/listings.py:refresh_universes", "universes", "fargate", "30 8 * * 2-6"),
+    "universes-kr": (
+        "flows/listings.py:refresh_universes",
+        "universes",
+        "fargate",
+        "30 20 * * 1-5",
+    ),
     "us-prices": ("flows/prices.py:ingest_us_prices", "us-prices", "fargate", "0 9 * * 2-6"),
     "kr-prices": ("flows/prices.py:ingest_kr_prices", "kr-prices", "fargate", "0 21 * * 1-5"),
+    "us-market-prices": ("flows/market.py:ingest_market_prices", "market-prices", "fargate", None),
+    "kr-market-prices": ("flows/market.py:ingest_market_prices", "market-prices", "fargate", None),
     "macro": ("flows/macro.py:ingest_macro", "macro", "fargate", "0 23 * * 0-5"),
     "backup-postgres": (
         "flows/backups.py:backup_postgres",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.limits import ensure_rate_limits
+from tests.fakes.listings import FakeListings
 from tests.fakes.yahoo import FakeYahoo
 
 
@@ -13,6 +14,18 @@ def yahoo(pg_engine, monkeypatch):
     """The stand-in, set as the flows' Yahoo, with a fast rate limit so tests take seconds."""
     ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
     with FakeYahoo() as fake:
+        for name, value in fake.env().items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("INVESTFLOW_HTTP_TIMEOUT_S", "5")
+        yield fake
+
+
+@pytest.fixture
+def listings(pg_engine, monkeypatch, request):
+    """The listing stand-ins (KRX, Wikipedia, Naver), set as the flows' listing services;
+    sizes from the test's `listing_sizes` mark."""
+    mark = request.node.get_closest_marker("listing_sizes")
+    with FakeListings(**(mark.kwargs if mark else {})) as fake:
         for name, value in fake.env().items():
             monkeypatch.setenv(name, value)
         monkeypatch.setenv("INVESTFLOW_HTTP_TIMEOUT_S", "5")

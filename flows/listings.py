@@ -1,0 +1,117 @@
+"""Universes: read each index and market listing and keep who was a member when."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.market.writes import run_id
+from tasks.params import PastDate, Seconds
+from tasks.settings import get_settings
+from tasks.store.engine import engine_from_settings
+from tasks.universes.membership import Change, record_members
+from tasks.universes.route import routed
+from tasks.universes.sources import (
+    LISTING_HOSTS,
+    ListingGarbage,
+    Member,
+    SourceError,
+    check_members,
+    universes,
+)
+
+US_UNIVERSES = ["sp500", "nasdaq", "nyse"]
+KR_UNIVERSES = ["kospi200", "kosdaq150", "kospi", "kosdaq"]
+
+
+class UniverseSourcesFailed(RuntimeError):
+    """One or more listing sources failed; their stored membership was left as it was."""
+
+
+# A failed read is retried twice (the library gives no status to tell an outage from a bad
+# page, so every failure to read is retried); a read listing that is not believable is not.
+@task(
+    name="read-listing",
+    task_run_name="read-{name}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=2,
+    retry_delay_seconds=[10, 60],
+    retry_condition_fn=lambda t, r, state: (
+        not isinstance(state.result(raise_on_failure=False), ListingGarbage)
+    ),
+    timeout_seconds=300,
+)
+def read_listing(name: str, day: dt.date) -> tuple[list[Member], list[str]]:
+    """One universe's members today, checked, as Yahoo symbols."""
+    settings = get_settings()
+    universe = universes(settings.http_timeout_s)[name]
+    ca = str(settings.listings_ca_bundle) if settings.listings_ca_bundle else None
+    with routed(LISTING_HOSTS, settings.listings_base_url, ca):
+        try:
+            raw = universe.read(day)
+        except Exception as exc:  # noqa: BLE001 - whatever the library raised, name the source
+            raise SourceError(f"{universe.source} ({name}): {type(exc).__name__}: {exc}") from exc
+    return check_members(universe, raw)
+
+
+@flow(name="universes", timeout_seconds=1200)
+def refresh_universes(
+    names: list[str] | None = None, as_of: PastDate | None = None, retry_delay_s: Seconds = 10.0
+) -> dict:
+    """Read each universe's listing and record joiners, leavers and ticker changes."""
+    logger = get_run_logger()
+    known = universes()
+    names = names or US_UNIVERSES + KR_UNIVERSES
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown universes {unknown}: known are {sorted(known)}")
+    day = as_of or dt.datetime.now(dt.UTC).date()
+    engine = engine_from_settings()
+    changes: list[Change] = []
+    failed: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    read = read_listing.with_options(retry_delay_seconds=[retry_delay_s, 6 * retry_delay_s])
+    for name in names:
+        try:
+            members, refused = read(name, day)
+        except Exception as exc:  # noqa: BLE001 - reported below, the other universes go on
+            failed[name] = str(exc)
+            logger.error("%s: %s", name, exc)
+            continue
+        if refused:
+            logger.warning("%s: %d rows refused, e.g. %s", name, len(refused), refused[:5])
+        with engine.begin() as conn:  # one universe lands whole or not at all
+            changes += record_members(conn, name, members, day, known[name].source, run_id())
+        sizes[name] = len(members)
+    report(day, sizes, changes, failed)
+    if failed:
+        raise UniverseSourcesFailed(
+            "stored membership left unchanged for: "
+            + "; ".join(f"{n} ({why})" for n, why in failed.items())
+        )
+    return {"day": str(day), "members": sizes, "changes": [asdict(c) for c in changes]}
+
+
+def report(day, sizes, changes, failed) -> None:
+    """The run's artifacts: the changes as a table, and a summary per universe."""
+    if changes:
+        create_table_artifact(
+            [asdict(c) | {"day": str(c.day)} for c in changes[:2000]],
+            key="universes-changes",
+            description=f"{len(changes)} membership changes on {day}",
+        )
+    lines = [f"## universes on {day}", ""]
+    for name, size in sizes.items():
+        mine = [c for c in changes if c.universe == name]
+        kinds = {k: sum(c.change == k for c in mine) for k in ("joined", "left", "ticker change")}
+        lines.append(
+            f"- {name}: {size} members; " + ", ".join(f"{k} {v}" for k, v in kinds.items())
+        )
+    for name, why in failed.items():
+        lines.append(f"- {name}: FAILED, membership unchanged: {why}")
+    create_markdown_artifact("\n".join(lines) + "\n", key="universes-summary")

@@ -1,0 +1,217 @@
+"""A whole market's prices as child runs of the price deployment, each with its own rate budget.
+
+About 9,000 US and KR symbols at Yahoo's polite 4 requests a second take ~38 minutes: past
+the price flows' 30-minute timeout and one 512 MB Fargate task's patience. This parent splits
+the members into parts of at most `per_child` symbols and starts each as a run of us-prices or
+kr-prices (run_deployment, so each is a Fargate task of its own with its own memory and
+result), at most `parallel` at once (a Prefect global concurrency limit). The children of one
+wave each take a rate limit of their own (yahoo-1, yahoo-2, ...; copies of the yahoo limit), as
+Yahoo throttles per address and each Fargate task with a public IP has its own. Behind one NAT
+address the budgets are one: give rate_limit_per_child=False there. See tasks/universes/README.md.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
+)
+from prefect.concurrency.sync import concurrency
+from prefect.deployments import run_deployment
+
+from tasks.limits import RATE_LIMITS, ensure_rate_limits
+from tasks.market.calendars import MARKETS, as_utc, last_closed_session
+from tasks.market.quality import Issue
+from tasks.market.writes import run_id
+from tasks.params import AtLeastOne, MarketCode, NonNegative, PastDate, Ratio, Seconds
+from tasks.settings import get_settings
+from tasks.store.engine import engine_from_settings
+from tasks.store.ledger import record_flags
+from tasks.store.upsert import latest_dates
+from tasks.universes.membership import fetch_list
+
+LISTINGS = {"US": ["nasdaq", "nyse"], "KR": ["kospi", "kosdaq"]}
+
+
+class ChildRunsFailed(RuntimeError):
+    """One or more child runs did not complete."""
+
+
+def split(symbols: list[str], per_child: int) -> list[list[str]]:
+    """Sorted symbols in parts of at most per_child, as even as they come."""
+    ordered = sorted(set(symbols))
+    count = max(1, -(-len(ordered) // per_child))
+    size = -(-len(ordered) // count)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
+def child_limits(base: str, parallel: int) -> list[str]:
+    """base-1..base-N: copies of base's rate (as now set on the server), one per wave slot."""
+    ensure_rate_limits({base: RATE_LIMITS.get(base, RATE_LIMITS["yahoo"])})
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(base)
+    names = [f"{base}-{i}" for i in range(1, parallel + 1)]
+    ensure_rate_limits(
+        {n: (limit.limit, limit.slot_decay_per_second) for n in names}, overwrite=True
+    )
+    return names
+
+
+# Two hours: even with one shared budget (~38 min at 4/s) the market fits with room.
+@flow(name="market-prices", timeout_seconds=2 * 3600)
+def ingest_market_prices(
+    market: MarketCode = "US",
+    universes: list[str] | None = None,
+    per_child: AtLeastOne = 1500,
+    parallel: AtLeastOne = 4,
+    child_deployment: str | None = None,
+    start: PastDate | None = None,
+    lookback_sessions: NonNegative = 5,
+    chunk_size: AtLeastOne = 25,
+    max_failed_ratio: Ratio = 0.2,
+    as_of: dt.datetime | None = None,
+    backoff_s: Seconds = 2.0,
+    rate_limit: str | None = "yahoo",
+    rate_limit_per_child: bool = True,
+    poll_interval_s: Seconds = 10.0,
+) -> dict:
+    """Bring every stored member of the market's listings up to date, in child runs."""
+    logger = get_run_logger()
+    settings = get_settings()
+    engine = engine_from_settings(settings)
+    names = universes or LISTINGS[market]
+    now = as_utc(as_of)
+    symbols: set[str] = set()
+    leaving: list[Issue] = []
+    for name in names:
+        found = fetch_list(engine, name, now.date(), settings.leaver_grace_days)
+        if not found["stored"]:
+            raise ValueError(f"no membership stored for {name}: run the universes flow first")
+        symbols.update(found["fetch"])
+        leaving += [
+            Issue(s, d, "left_universe", f"left {name} on {d}") for s, d in found["left"].items()
+        ]
+    with engine.begin() as conn:
+        record_flags(conn, leaving, "universes", run_id())
+    parts = split(sorted(symbols), per_child)
+    deployment = child_deployment or f"{market.lower()}-prices/{market.lower()}-prices"
+    limits = (
+        child_limits(rate_limit, min(parallel, len(parts)))
+        if rate_limit and rate_limit_per_child
+        else [rate_limit] * parallel
+    )
+    slots: queue.Queue = queue.Queue()
+    for name in limits:
+        slots.put(name)
+    gate = f"{market.lower()}-prices-children"
+    ensure_rate_limits({gate: (parallel, 0.0)}, overwrite=True)
+    logger.info(
+        "%d symbols in %d child runs of %s, %d at once",
+        len(symbols),
+        len(parts),
+        deployment,
+        parallel,
+    )
+    parent = run_id() or "local"
+
+    def child(number: int, part: list[str]):
+        with concurrency(gate, occupy=1):
+            limit = slots.get()
+            try:
+                return run_deployment(
+                    deployment,
+                    parameters={
+                        "symbols": part,
+                        "start": str(start) if start else None,
+                        "lookback_sessions": lookback_sessions,
+                        "chunk_size": chunk_size,
+                        "max_failed_ratio": max_failed_ratio,
+                        "as_of": now.isoformat(),
+                        "backoff_s": backoff_s,
+                        "rate_limit": limit,
+                    },
+                    flow_run_name=f"{deployment.split('/')[0]}-part-{number}-of-{len(parts)}",
+                    timeout=None,
+                    poll_interval=poll_interval_s,
+                    # A retried parent finds its children instead of starting them again.
+                    idempotency_key=f"{parent}-part-{number}-of-{len(parts)}",
+                )
+            finally:
+                slots.put(limit)
+
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="child") as pool:
+        futures = [
+            pool.submit(contextvars.copy_context().run, child, i, part)
+            for i, part in enumerate(parts, 1)
+        ]
+        runs = [f.result() for f in futures]
+    return summarize(market, engine, now, parts, runs)
+
+
+def child_table(run, key: str) -> list[dict]:
+    """A child run's per-symbol table artifact, if it made one."""
+    import json
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            ),
+            limit=1,
+        )
+    if not found:
+        return []
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def summarize(market: str, engine, now, parts, runs) -> dict:
+    """One summary of every child: its state and counts, and what the store holds now."""
+    key = f"{market.lower()}-prices-run"
+    through = last_closed_session(MARKETS[market], now)
+    rows = []
+    for part, run in zip(parts, runs):
+        table = child_table(run, key)
+        rows.append(
+            {
+                "child": run.name,
+                "flow_run_id": str(run.id),
+                "state": run.state_name,
+                "symbols": len(part),
+                "first": part[0],
+                "last": part[-1],
+                "fetched": len(table),
+                "failed": sum(r.get("status") == "failed" for r in table),
+                "inserted": sum(r.get("inserted", 0) for r in table),
+            }
+        )
+    everyone = [s for part in parts for s in part]
+    latest = latest_dates(engine, "daily_prices", everyone)
+    behind = sorted(s for s in everyone if latest.get(s) is None or latest[s] < through)
+    create_table_artifact(rows, key=f"{market.lower()}-market-children")
+    bad = [r for r in rows if r["state"] != "Completed"]
+    lines = [
+        f"## {market} market through {through}: {len(parts)} child runs",
+        "",
+        f"- symbols: {len(everyone)}; completed children {len(rows) - len(bad)} of {len(rows)}",
+        f"- rows inserted {sum(r['inserted'] for r in rows)}; symbols failed "
+        f"{sum(r['failed'] for r in rows)}",
+        f"- behind {through} after the run: {len(behind)}"
+        + (": " + ", ".join(behind[:50]) if behind else ""),
+    ] + [f"- {r['child']}: {r['state']}" for r in bad]
+    create_markdown_artifact("\n".join(lines) + "\n", key=f"{market.lower()}-market-summary")
+    if bad:
+        raise ChildRunsFailed(
+            "child runs not completed: " + ", ".join(f"{r['child']} ({r['state']})" for r in bad)
+        )
+    return {"through": str(through), "children": rows, "behind": behind}

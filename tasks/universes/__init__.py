@@ -1,0 +1,1 @@
+"""Universes: index and market listings, and who was a member when (see README.md here)."""
