@@ -8,7 +8,6 @@ its own host, the alert webhook stand-in on the operator's side of the links. Ne
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 import urllib.request
@@ -35,6 +34,13 @@ def platform():
         if IN_CI:
             pytest.fail(f"topology tests cannot run: {why}", pytrace=False)
         pytest.skip(why)
+    with running_platform() as made:
+        yield made
+
+
+@contextlib.contextmanager
+def running_platform():
+    """The hosts, the server, the data node, the deployments, the rules and a worker per pool."""
     from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
 
     from tasks.store.engine import get_engine, migrate
@@ -63,9 +69,13 @@ def platform():
             print((workdir / "server.log").read_text()[-3000:])
             raise
         held.enter_context(
-            temporary_settings({PREFECT_API_URL: topo.api_url, PREFECT_UI_URL: env["PREFECT_UI_URL"]})
+            temporary_settings(
+                {PREFECT_API_URL: topo.api_url, PREFECT_UI_URL: env["PREFECT_UI_URL"]}
+            )
         )
-        stack.run([str(stack.BIN / "python"), "-m", "deployments.bootstrap", "--local", "pools"], env)
+        stack.run(
+            [str(stack.BIN / "python"), "-m", "deployments.bootstrap", "--local", "pools"], env
+        )
         deploy = [str(stack.BIN / "prefect"), "--no-prompt", "deploy"]
         stack.run(deploy + [a for name in DEPLOYMENTS for a in ("-n", name)], env, timeout=600)
         stack.apply_alerts(env, hook_url)
@@ -111,7 +121,9 @@ def server_healthy(api_url: str) -> bool:
 
 
 def log_tail(platform, name: str, chars: int = 3000) -> str:
-    path = platform["logs"] / name if (platform["logs"] / name).exists() else platform["workdir"] / name
+    path = (
+        platform["logs"] / name
+        if (platform["logs"] / name).exists()
+        else platform["workdir"] / name
+    )
     return path.read_text(errors="replace")[-chars:] if path.exists() else f"(no {name})"
-
-

@@ -66,7 +66,9 @@ def wait_state(run_id: UUID, names: set[str], timeout: float, interval: float = 
         found = flow_run(run_id)
         return found if found.state_name in names else None
 
-    return stack.wait_until(reached, timeout, f"run {run_id} to be one of {sorted(names)}", interval)
+    return stack.wait_until(
+        reached, timeout, f"run {run_id} to be one of {sorted(names)}", interval
+    )
 
 
 def table(engine, name: str, order: list[str]) -> pd.DataFrame:
@@ -106,3 +108,14 @@ def writers(engine, table_name: str) -> list[str]:
             {"t": table_name},
         )
         return [r[0] for r in rows]
+
+
+def ensure_promoted_model(platform, tiny: list[str]) -> None:
+    """Train a tiny model through the desktop's deployment unless one is promoted already."""
+    with platform["engine"].connect() as conn:
+        promoted = conn.exec_driver_sql(
+            "SELECT count(*) FROM model_versions WHERE promoted"
+        ).scalar()
+    if not promoted:
+        run_id = stack.deployment_run("train-model/train-model", platform["env"], *tiny, "epochs=4")
+        assert stack.wait_for_final_state(run_id, timeout=300).state.is_completed()

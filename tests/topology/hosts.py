@@ -139,7 +139,11 @@ class Topology:
         _sh("ip", "netns", "exec", hub, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         _sh("ip", "-n", hub, "link", "set", "lo", "up")
         for host in HOSTS.values():
-            ns, h, n = self.ns(host.name), self._veth(host.letter, "h"), self._veth(host.letter, "n")
+            ns, h, n = (
+                self.ns(host.name),
+                self._veth(host.letter, "h"),
+                self._veth(host.letter, "n"),
+            )
             _sh("ip", "netns", "add", ns)
             _sh("ip", "-n", ns, "link", "set", "lo", "up")
             _sh("ip", "link", "add", h, "netns", hub, "type", "veth", "peer", "name", n,
@@ -203,15 +207,23 @@ class Topology:
         return proc
 
     def start_server(self, env: dict) -> subprocess.Popen:
-        """`prefect server start` on the aws host, its SQLite database under workdir."""
+        """`prefect server start` on the aws host; its database on the data node, as in
+        production (DESIGN.md), once start_data_node() has run, else SQLite under workdir."""
         home = self.workdir / "server-home"
         home.mkdir(exist_ok=True)
+        from deployments.local_stack import SERVER_SETTINGS  # as make up and production run it
+
         env = {
             **env,
+            **SERVER_SETTINGS,
             "PREFECT_HOME": str(home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_UI_URL": self.api_url.removesuffix("/api"),
-            "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+            "PREFECT_SERVER_DATABASE_CONNECTION_URL": (
+                f"postgresql+asyncpg://postgres@{self.addr('osaka')}:5432/prefect"
+                if self.pg_data
+                else f"sqlite+aiosqlite:///{home}/prefect.db"
+            ),
         }
         args = [sys.executable, "-m", "prefect", "server", "start", "--host", self.addr("aws"),
                 "--port", str(SERVER_PORT)]  # fmt: skip
@@ -240,13 +252,24 @@ class Topology:
             hba.write(f"host all all 10.{self.net}.0.0/16 trust\n")
         host = self.addr("osaka")
         options = f"-c listen_addresses={host} -c port=5432 -c unix_socket_directories={data}"
-        _sh(*self.wrap("osaka")(["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"),
-            "-D", str(data), "-l", str(data / "server.log"), "-o", options, "-w", "start"]))  # fmt: skip
-        _sh(*self.wrap("osaka")([str(PG_BIN / "createdb"), "-h", host, "-U", "postgres", "market"]))
+        pg_ctl = ["runuser", "-u", "postgres", "--", str(PG_BIN / "pg_ctl"), "-D", str(data)]
+        _sh(
+            *self.wrap("osaka")(
+                pg_ctl + ["-l", str(data / "server.log"), "-o", options, "-w", "start"]
+            )
+        )
+        for database in ("market", "prefect"):  # the store, and the server's own database
+            _sh(
+                *self.wrap("osaka")(
+                    [str(PG_BIN / "createdb"), "-h", host, "-U", "postgres", database]
+                )
+            )
         redis_dir = self.workdir / "redis"
         redis_dir.mkdir()
-        self.start("osaka", ["redis-server", "--bind", host, "--port", "6379", "--dir",
-                             str(redis_dir), "--save", "", "--protected-mode", "no"], os.environ.copy(), "redis.log")  # fmt: skip
+        redis = ["redis-server", "--bind", host, "--port", "6379", "--dir", str(redis_dir)]
+        # Never saved, as on a fresh node; reached from the other hosts, so not loopback-only.
+        redis += ["--save", "", "--protected-mode", "no"]
+        self.start("osaka", redis, os.environ.copy(), "redis.log")
         return f"postgresql://postgres@{host}:5432/market", f"redis://{host}:6379/0"
 
     def down(self) -> None:

@@ -15,7 +15,15 @@ import pytest
 
 from deployments.alert_rules import HEARTBEAT, ZOMBIE_AFTER
 from tests.deployments import stack
-from tests.topology.faults import logs_of, pool_alerts, runs_of, table, truncate, wait_state
+from tests.topology.faults import (
+    ensure_promoted_model,
+    logs_of,
+    pool_alerts,
+    runs_of,
+    table,
+    truncate,
+    wait_state,
+)
 from tests.topology.test_sleep import TINY, prices  # noqa: F401 - the module's fixture
 
 pytestmark = [pytest.mark.topology, pytest.mark.integration, pytest.mark.slow]
@@ -27,9 +35,7 @@ COLUMNS = ["model_version", "symbol", "as_of", "horizon", "predicted_return", "u
 def clean(platform, prices):  # noqa: F811
     """A promoted model, and the predictions of a run nothing happened to."""
     env = platform["env"]
-    if prices.connect().exec_driver_sql("SELECT count(*) FROM model_versions WHERE promoted").scalar() == 0:
-        trained = stack.deployment_run("train-model/train-model", env, *TINY, "epochs=4")
-        assert stack.wait_for_final_state(trained, timeout=300).state.is_completed()
+    ensure_promoted_model(platform, TINY)
     truncate(prices, "predictions", "ingest_batches")
     run_id = stack.deployment_run("predict-returns/predict-returns", env, "market=US")
     assert stack.wait_for_final_state(run_id, timeout=300).state.is_completed()

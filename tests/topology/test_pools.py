@@ -36,7 +36,10 @@ def test_all_five_workers_lost_after_a_server_restart_alert_once_per_pool(platfo
     def all_heard():
         return all(len(pool_alerts(webhook, p)[0]) > before[p][0] for p in POOLS)
 
-    stack.wait_until(all_heard, 150, "a 'no live worker' alert for every pool", interval=1)
+    try:
+        stack.wait_until(all_heard, 150, "a 'no live worker' alert for every pool", interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the webhook received: {webhook.texts()}") from None
     for host in hosts.HOSTS.values():  # the machines' service managers start them again
         if host.pool:
             platform["workers"][host.name] = platform["held"].enter_context(

@@ -17,6 +17,7 @@ from tasks.store.upsert import upsert_frame
 from tests.deployments import stack
 from tests.tasks.models.test_features import synthetic_prices
 from tests.topology.faults import (
+    ensure_promoted_model,
     logs_of,
     pool_alerts,
     runs_of,
@@ -96,9 +97,7 @@ def test_asleep_mid_training_the_run_is_resubmitted_and_the_stale_copy_writes_no
 
 def test_asleep_mid_prediction_the_cpu_fallback_writes_the_one_set(platform, prices):
     env, topo, webhook = platform["env"], platform["topo"], platform["webhook"]
-    if prices.connect().exec_driver_sql("SELECT count(*) FROM model_versions WHERE promoted").scalar() == 0:
-        trained = stack.deployment_run("train-model/train-model", env, *TINY, "epochs=4")
-        assert stack.wait_for_final_state(trained, timeout=300).state.is_completed()
+    ensure_promoted_model(platform, TINY)
     truncate(prices, "predictions", "ingest_batches")
     down_before, back_before = (len(a) for a in pool_alerts(webhook, "gpu-desktop"))
 
