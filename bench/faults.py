@@ -141,9 +141,19 @@ def summary(reps: list[dict], floor: list[float]) -> dict:
     }
 
 
+def save(results: dict) -> None:
+    """Merge into faults.json: a run of one fault (--faults sleep) keeps the other's figures."""
+    kept = json.loads(OUT.read_text()) if OUT.exists() else {}
+    for key in ("faults", "reps"):
+        kept[key] = {**kept.get(key, {}), **results[key]}
+    kept.update({k: v for k, v in results.items() if k not in ("faults", "reps")})
+    OUT.write_text(json.dumps(kept, indent=2, default=str) + "\n")
+
+
 def main(argv=None) -> dict:  # noqa: C901 - one bench, read top to bottom
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--faults", nargs="+", default=["sleep", "partition"])
     args = parser.parse_args(argv)
     if why := hosts.unavailable():
         raise SystemExit(f"bench/faults.py: {why}")
@@ -157,10 +167,10 @@ def main(argv=None) -> dict:  # noqa: C901 - one bench, read top to bottom
         upsert_frame(engine, "daily_prices", synthetic_prices(symbols=SYMBOLS, sessions=260))
         ensure_promoted_model(platform, TINY)
         floor: list[float] = []
-        for fault in ("sleep", "partition"):
+        for fault in args.faults:
             results["reps"][fault] = []
         for rep in range(args.reps):
-            for fault in ("sleep", "partition"):
+            for fault in args.faults:
                 floor.append(clean_run(platform))
                 measured = faulted_run(platform, fault)
                 results["reps"][fault].append(measured)
@@ -171,7 +181,7 @@ def main(argv=None) -> dict:  # noqa: C901 - one bench, read top to bottom
                 results["netem_delays"] = platform["topo"].delays
                 results["zombie_window_s"] = int(ZOMBIE_AFTER.total_seconds())
                 results["load_average"] = os.getloadavg()
-                OUT.write_text(json.dumps(results, indent=2, default=str) + "\n")
+                save(results)
     print(json.dumps(results["faults"], indent=2))
     return results
 

@@ -185,7 +185,9 @@ def zombie_rule(within: dt.timedelta = ZOMBIE_AFTER) -> AutomationCore:
         "Crashed, so it is resubmitted or falls back, and cannot hold its slot forever.",
         trigger=EventTrigger(
             match={"prefect.resource.id": _RUN},
-            after={"prefect.flow-run.heartbeat"},
+            # Running too: a run whose machine slept before its first heartbeat went out
+            # would otherwise never be noticed (Prefect's recipe starts at a heartbeat).
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
             expect={
                 "prefect.flow-run.heartbeat",
                 "prefect.flow-run.Completed",
