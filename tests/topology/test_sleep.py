@@ -25,6 +25,7 @@ from tests.topology.faults import (
     truncate,
     wait_heartbeat,
     wait_state,
+    writers,
 )
 
 pytestmark = [pytest.mark.topology, pytest.mark.integration, pytest.mark.slow]
@@ -43,10 +44,15 @@ def prices(platform):
     return engine
 
 
-def sleep_until_known_gone(platform, run_id):
-    """Close the desktop's lid mid-run; return seconds until the server had the run Crashed."""
+def sleep_until_known_gone(platform, run_id, heard: bool = True):
+    """Close the desktop's lid mid-run; return seconds until the server had the run Crashed.
+
+    heard: only once the server has had a heartbeat of the run; without, the lid closes as
+    soon as the run is Running, before its first heartbeat can go out.
+    """
     topo = platform["topo"]
-    wait_heartbeat(topo.api_url, run_id)  # the run is alive and the server has heard it
+    if heard:
+        wait_heartbeat(topo.api_url, run_id)
     frozen = time.monotonic()
     assert topo.freeze("desktop")
     wait_state(run_id, {"Crashed", "Resubmitted"}, timeout=KNOWN_GONE_BOUND_S + 60, interval=1)
@@ -104,7 +110,7 @@ def test_asleep_mid_prediction_the_cpu_fallback_writes_the_one_set(platform, pri
     run_id = stack.deployment_run("predict-returns/predict-returns", env, "market=US")
     wait_state(run_id, {"Running"}, timeout=240, interval=0.1)
     try:
-        known_gone_s = sleep_until_known_gone(platform, run_id)
+        known_gone_s = sleep_until_known_gone(platform, run_id, heard=False)
         assert table(prices, "predictions", ["symbol"]).empty, "asleep after it wrote"
         fallback = stack.wait_until(
             lambda: [r for r in runs_of("predict-returns-cpu") if r.parameters.get("replaces")
@@ -126,6 +132,7 @@ def test_asleep_mid_prediction_the_cpu_fallback_writes_the_one_set(platform, pri
     time.sleep(5)
     written = table(prices, "predictions", ["symbol"])
     assert len(written) == 6 and set(written.device) == {"cpu"}, written
+    assert writers(prices, "predictions") == [str(fallback.id)]  # one set, from the fallback
     assert wait_state(run_id, {"Cancelled"}, timeout=10).state_name == "Cancelled"
     assert len(runs_of("predict-returns-cpu")) == 1
 
