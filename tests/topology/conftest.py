@@ -27,6 +27,12 @@ def pytest_sessionfinish(session, exitstatus):
     hosts.sweep()
 
 
+@pytest.fixture(scope="session")
+def prefect_server():
+    """These tests bring their own server, on the aws host: the session's loopback one unused."""
+    yield None
+
+
 @pytest.fixture(scope="package")
 def platform():
     why = hosts.unavailable()
