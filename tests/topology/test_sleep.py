@@ -134,7 +134,10 @@ def test_asleep_mid_prediction_the_cpu_fallback_writes_the_one_set(platform, pri
     assert len(written) == 6 and set(written.device) == {"cpu"}, written
     assert writers(prices, "predictions") == [str(fallback.id)]  # one set, from the fallback
     assert wait_state(run_id, {"Cancelled"}, timeout=10).state_name == "Cancelled"
-    assert len(runs_of("predict-returns-cpu")) == 1
+    fallbacks = [
+        r for r in runs_of("predict-returns-cpu") if r.parameters.get("replaces") == str(run_id)
+    ]
+    assert len(fallbacks) == 1
 
     stack.wait_until(
         lambda: len(pool_alerts(webhook, "gpu-desktop")[1]) > back_before,
