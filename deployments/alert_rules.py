@@ -28,6 +28,14 @@ RESUBMITS = 2
 # A late run alerts after this long; a schedule's run may come this long after its slot.
 LATE_AFTER = dt.timedelta(minutes=10)
 OVERDUE_GRACE = dt.timedelta(hours=1)
+# Every flow run sends a heartbeat this often (the pools' job templates set
+# PREFECT_FLOWS_HEARTBEAT_FREQUENCY; 30 s is Prefect's shortest). A run that misses three is
+# gone: its machine slept, lost its route, or died with it. The zombie rule marks it Crashed
+# then, so it is known gone at most ZOMBIE_AFTER plus one heartbeat after its last sign of life.
+HEARTBEAT = dt.timedelta(seconds=30)
+ZOMBIE_AFTER = 3 * HEARTBEAT
+# A pool back after this long down is not announced (it was alerted as down, and the UI shows it).
+BACK_WITHIN = dt.timedelta(days=30)
 # Run counts (as the state-change event's label) that exhausted the resubmits, or never ran.
 _NOT_RESUBMITTED = ["0", "[3-9]", "[1-9][0-9]*"]
 
@@ -160,38 +168,96 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             )
         ],
     )
-    return [failed, crashed, resubmit, late]
+    return [failed, crashed, resubmit, late, zombie_rule()]
+
+
+def zombie_rule(within: dt.timedelta = ZOMBIE_AFTER) -> AutomationCore:
+    """A running flow run whose heartbeats stopped is Crashed, so the crash rules take it on.
+
+    Prefect's own recipe (docs: "detect zombie flows"). The Crashed state's message says why;
+    the resubmit rule then schedules it again, and a desktop prediction falls back to the CPU.
+    """
+    seconds = int(within.total_seconds())
+    return AutomationCore(
+        name=PREFIX + f"crash a run silent for {seconds} s",
+        description=f"A flow run sends a heartbeat every {int(HEARTBEAT.total_seconds())} s; "
+        f"one that sent none for {seconds} s (its machine asleep, cut off or dead) is marked "
+        "Crashed, so it is resubmitted or falls back, and cannot hold its slot forever.",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": _RUN},
+            # Running too: a run whose machine slept before its first heartbeat went out
+            # would otherwise never be noticed (Prefect's recipe starts at a heartbeat).
+            after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+                "prefect.flow-run.TimedOut",
+            },
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=within,
+        ),
+        actions=[
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"no heartbeat for {seconds} s: its machine slept, lost its network or "
+                "died. Safe to rerun: a run woken later cannot write its results.",
+            )
+        ],
+    )
 
 
 def pool_alerts() -> list:
-    """A pool whose last worker went quiet, and the same pool back: one message each."""
-    made = []
-    for event, what in (
-        ("prefect.work-pool.not-ready", "has no live worker: its runs will go Late"),
-        ("prefect.work-pool.ready", "has a live worker again"),
-    ):
-        made.append(
-            AutomationCore(
-                name=PREFIX + f"alert when a work pool {what.split(':')[0]}",
-                description=f"The server marks a pool not ready when no worker has sent a "
-                f"heartbeat for three heartbeat intervals; this says when a pool {what}.",
-                trigger=EventTrigger(
-                    match={"prefect.resource.id": "prefect.work-pool.*"},
-                    expect={event},
-                    for_each={"prefect.resource.id"},
-                    posture=Posture.Reactive,
-                    threshold=1,
-                ),
-                actions=[
-                    _notify(
-                        None,
-                        "investflow: work pool {{ work_pool.name }} " + what.split(":")[0],
-                        "Work pool {{ work_pool.name }} " + what + ".",
-                    )
-                ],
-            )
-        )
-    return made
+    """A pool whose last worker went quiet, and the same pool back: one message each.
+
+    "Back" follows a "not ready" of the same pool only (the trigger's `after`): a fresh start,
+    whose pools go ready without ever having been down, sends nothing.
+    """
+    down, back = "has no live worker", "has a live worker again"
+    trigger = dict(
+        match={"prefect.resource.id": "prefect.work-pool.*"},
+        for_each={"prefect.resource.id"},
+        posture=Posture.Reactive,
+        threshold=1,
+    )
+    return [
+        AutomationCore(
+            name=PREFIX + f"alert when a work pool {down}",
+            description="The server marks a pool not ready when no worker has sent a "
+            f"heartbeat for three heartbeat intervals; this says when a pool {down}.",
+            trigger=EventTrigger(expect={"prefect.work-pool.not-ready"}, **trigger),
+            actions=[
+                _notify(
+                    None,
+                    "investflow: work pool {{ work_pool.name }} " + down,
+                    "Work pool {{ work_pool.name }} " + down + ": its runs will go Late.",
+                )
+            ],
+        ),
+        AutomationCore(
+            name=PREFIX + f"alert when a work pool {back}",
+            description=f"After a pool was reported with no live worker, says when it {back}.",
+            trigger=EventTrigger(
+                after={"prefect.work-pool.not-ready"},
+                expect={"prefect.work-pool.ready"},
+                # The window the not-ready opens: the server sweeps a closed one within a
+                # minute, so "back" needs one as long as a pool may stay down.
+                within=BACK_WITHIN,
+                **trigger,
+            ),
+            actions=[
+                _notify(
+                    None,
+                    "investflow: work pool {{ work_pool.name }} " + back,
+                    "Work pool {{ work_pool.name }} " + back + ".",
+                )
+            ],
+        ),
+    ]
 
 
 def stale_data_alert() -> AutomationCore:

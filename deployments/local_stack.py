@@ -28,6 +28,8 @@ from deployments import processes as procs
 BIN = os.path.dirname(sys.executable)
 # Started runs that a stop leaves without a process: down marks them so none waits forever.
 INTERRUPTED = ["RUNNING", "PENDING", "CANCELLING"]
+# What the Prefect server runs with here and in production (deployments/server's env file).
+SERVER_SETTINGS = {"PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "deployments.event_ordering"}
 
 
 class StepFailed(Exception):
@@ -53,6 +55,9 @@ def stack_env() -> dict[str, str]:
     )
     env.setdefault("PREFECT_UI_URL", api.removesuffix("/api"))
     env.setdefault("INVESTFLOW_UI_URL", env["PREFECT_UI_URL"])
+    # The server's automations do not wait 15 minutes for events processed before a restart
+    # (deployments/event_ordering.py).
+    env.update(SERVER_SETTINGS)
     # Workers ask for new runs every 5 s (Prefect: 10 s), so triggered runs start fast.
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     return env

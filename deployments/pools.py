@@ -5,7 +5,12 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
+from deployments.alert_rules import HEARTBEAT
 from tasks.settings import Settings
+
+# Every flow run, on every route, sends a heartbeat this often: the zombie rule
+# (deployments/alert_rules.py) marks a run Crashed after three missed ones.
+RUN_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(int(HEARTBEAT.total_seconds()))}
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def ecs_template(settings: Settings) -> dict:
                 "awslogs-region": settings.aws_region,
                 "awslogs-create-group": "true",
             },
-            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow"},
+            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow", **RUN_ENV},
         },
     )
 
@@ -123,7 +128,7 @@ def docker_template(settings: Settings) -> dict:
             "image": settings.gpu_image,
             "image_pull_policy": "IfNotPresent",
             "auto_remove": True,
-            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow"},
+            "env": {"INVESTFLOW_CODE_DIR": "/opt/investflow", **RUN_ENV},
             # docker-py's DeviceRequest as a dict: the equivalent of `docker run --gpus all`.
             "container_create_kwargs": {
                 "device_requests": [{"Driver": "nvidia", "Count": -1, "Capabilities": [["gpu"]]}]
@@ -135,7 +140,7 @@ def docker_template(settings: Settings) -> dict:
 def process_template() -> dict:
     from prefect.workers.process import ProcessWorker
 
-    return ProcessWorker.get_default_base_job_template()
+    return _set_defaults(ProcessWorker.get_default_base_job_template(), {"env": RUN_ENV})
 
 
 def base_job_template(pool: Pool, settings: Settings, *, local: bool) -> dict:

@@ -8,6 +8,7 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import Abort
 from prefect.runtime import flow_run
 from prefect.states import Completed
 from pydantic import Field
@@ -23,12 +24,53 @@ load_prices = task(storage.load_prices, name="load-prices", cache_policy=NO_CACH
 build_dataset = task(features.build_dataset, name="build-dataset", cache_policy=NO_CACHE)
 fit_model = task(model.fit, name="fit-model", cache_policy=NO_CACHE)
 validate_model = task(evaluation.validate, name="validate-model", cache_policy=NO_CACHE)
-upsert = task(upsert_frame, name="upsert-predictions", cache_policy=NO_CACHE)
+
+
+class StaleRun(Abort):
+    """This process no longer holds its flow run: the server moved it on while it was away.
+
+    An Abort, as when the server refuses a state: the engine proposes no state of its own
+    (a Failed would land on the attempt that now holds the run) and the process exits 0.
+    """
+
+
+def ensure_run_is_ours(what: str) -> None:
+    """Refuse to write when the server no longer has this process's Running state.
+
+    A desktop that slept (or lost its route) past the heartbeat window woke to a run the
+    server marked Crashed and then resubmitted, cancelled or handed to the CPU fallback: what
+    it computed is stale, and writing it would give a second set of predictions, or promote a
+    model over a newer one. Called right before each write; outside a flow run it does nothing.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None or context.flow_run.state is None:
+        return
+    mine = context.flow_run.state
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(context.flow_run.id)
+    if current.state is None or current.state.id != mine.id or not current.state.is_running():
+        raise StaleRun(
+            f"not writing {what}: this process was away (asleep or cut off) while the server "
+            f"moved run {context.flow_run.id} on to {current.state_name} "
+            f"({current.state.message if current.state else 'no state'}). Nothing was written; "
+            "the run that replaced it writes the results."
+        )
+
+
+@task(name="upsert-predictions", cache_policy=NO_CACHE)
+def upsert(engine, table: str, frame, flow_run_id=None):
+    """Write the predictions, if this process still holds its run."""
+    ensure_run_is_ours(f"{len(frame)} predictions")
+    return upsert_frame(engine, table, frame, flow_run_id=flow_run_id)
 
 
 @task(cache_policy=NO_CACHE)
 def store_version(engine, checkpoints, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
     """Save the checkpoint and its plot, and register the version in model_versions."""
+    ensure_run_is_ours(f"model version of {market}")
     sha = checkpoint.sha256(blob)
     version = f"{market.lower()}-{meta['train_range'][1]:%Y%m%d}-{sha[:12]}"
     uri = checkpoints.put(f"{market}/{version}.pt", blob)
@@ -118,6 +160,7 @@ def train_model(
 
     why = evaluation.promotion_reason(metrics)
     if metrics["beats_baselines"]:
+        ensure_run_is_ours(f"the promotion of {stored['version']}")
         storage.promote(engine, stored["version"], market)
         decision = f"beats both naive baselines on validation: {why}"
     else:

@@ -146,22 +146,34 @@ def test_a_late_run_alerts_once_naming_its_deployment_and_pool(alerting):
     assert len(alerts_for(alerting["webhook"], str(run.id))) == 1
 
 
+def pool_status(name: str) -> str:
+    with get_client(sync_client=True) as client:
+        status = client.read_work_pool(name).status
+    return str(getattr(status, "value", status))
+
+
 def test_a_pool_without_a_live_worker_alerts_once_and_again_when_back(alerting):
     webhook = alerting["webhook"]
     with stack.worker("oracle-mumbai", alerting["env"], alerting["logs"]):
-        stack.wait_until(
-            lambda: alerts_for(webhook, "oracle-mumbai has a live worker"),
-            timeout=60,
-            what="the pool-ready alert",
-        )
+        stack.wait_until(lambda: pool_status("oracle-mumbai") == "READY", 60, "the pool ready")
+        time.sleep(5)
+    # Ready for the first time is not "back": nothing was down.
+    assert not alerts_for(webhook, "oracle-mumbai has a live worker")
     stack.wait_until(
         lambda: alerts_for(webhook, "oracle-mumbai has no live worker"),
         timeout=120,  # three 5 s heartbeats missed plus the server's sweep
         what="the pool-not-ready alert",
         interval=1,
     )
-    time.sleep(5)
+    with stack.worker("oracle-mumbai", alerting["env"], alerting["logs"]):
+        stack.wait_until(
+            lambda: alerts_for(webhook, "oracle-mumbai has a live worker again"),
+            timeout=60,
+            what="the pool-back alert",
+        )
+        time.sleep(5)
     assert len(alerts_for(webhook, "oracle-mumbai has no live worker")) == 1
+    assert len(alerts_for(webhook, "oracle-mumbai has a live worker again")) == 1
 
 
 def test_a_crashed_run_is_resubmitted_by_the_server(alerting):
