@@ -44,17 +44,22 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child_flow(as_of: str, start: str | None) -> None:
-    """Run us-prices in this process and print its figures."""
+def child_flow(as_of: str, start: str | None, profile: bool = False) -> None:
+    """Run us-prices in this process and print its figures (with profile: its cProfile too)."""
+    import contextlib
+
+    from bench.profiling import profiled
     from flows.prices import ingest_us_prices
 
+    top: dict = {}
     began, cpu_began = time.perf_counter(), cpu_seconds()
-    result = ingest_us_prices.with_options(retries=0)(
-        symbols=SYMBOLS,
-        start=dt.date.fromisoformat(start) if start else None,
-        as_of=dt.datetime.fromisoformat(as_of),
-        chunk_size=25,
-    )
+    with profiled(top) if profile else contextlib.nullcontext():
+        result = ingest_us_prices.with_options(retries=0)(
+            symbols=SYMBOLS,
+            start=dt.date.fromisoformat(start) if start else None,
+            as_of=dt.datetime.fromisoformat(as_of),
+            chunk_size=25,
+        )
     elapsed, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
     rebased = result.get("rebased", {})
     print(
@@ -66,6 +71,7 @@ def child_flow(as_of: str, start: str | None) -> None:
                 "failed": len(result["failed"]),
                 "rebased": len(rebased),
                 "rows_changed": result.get("updated", 0),
+                "profile": top,
             }
         )
     )
@@ -204,8 +210,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "flow":
-        child_flow(sys.argv[2], sys.argv[3] or None)
+    if len(sys.argv) > 1 and sys.argv[1] in ("flow", "profile"):
+        child_flow(sys.argv[2], sys.argv[3] or None, profile=sys.argv[1] == "profile")
     elif len(sys.argv) > 1 and sys.argv[1] == "naive":
         child_naive(sys.argv[2])
     else:
