@@ -113,6 +113,29 @@ def _encode(series: pd.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray]:
     return payload, lengths
 
 
+def _same_layout(lengths: np.ndarray) -> list[np.ndarray]:
+    """Row numbers grouped by identical rows of lengths (one group per row layout).
+
+    Hashing a mixed-radix code of the few distinct lengths per column: sorting whole rows
+    (numpy.unique with axis=0) cost more than the COPY itself.
+    """
+    key, radix = np.zeros(len(lengths), dtype=np.int64), 1
+    for column in lengths.T:
+        codes, distinct = pd.factorize(column)
+        if len(distinct) > 1:
+            if radix * len(distinct) > 1 << 40:  # many layouts: group them the general way
+                _, key = np.unique(lengths, axis=0, return_inverse=True)
+                key = key.reshape(-1)
+                break
+            key += codes.astype(np.int64) * radix
+            radix *= len(distinct)
+    which, distinct = pd.factorize(key)
+    if len(distinct) == 1:
+        return [np.arange(len(lengths))]
+    order = np.argsort(which, kind="stable")
+    return np.split(order, np.cumsum(np.bincount(which))[:-1])
+
+
 def binary_rows(frame: pd.DataFrame, types: list[str], columns: list[str]) -> bytes:
     """frame's rows in PostgreSQL's binary COPY format (no header or trailer).
 
@@ -124,10 +147,9 @@ def binary_rows(frame: pd.DataFrame, types: list[str], columns: list[str]) -> by
         return b""
     encoded = [_encode(frame[c], t) for c, t in zip(columns, types, strict=True)]
     lengths = np.column_stack([length for _, length in encoded])
-    layouts, which = np.unique(lengths, axis=0, return_inverse=True)
     out = []
-    for number, layout in enumerate(layouts):
-        rows = np.flatnonzero(which == number)
+    for rows in _same_layout(lengths):
+        layout = lengths[rows[0]]
         fields = [("n", ">i2")]
         for i, size in enumerate(layout):
             fields.append((f"l{i}", ">i4"))
