@@ -145,14 +145,21 @@ def _prices_postgres(engine: Engine, names, first, last) -> pd.DataFrame:
                 buffer += block
     rows = np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
     # Sorted here, not by the query: the server's collation may order symbols otherwise, and
-    # an ORDER BY would make it sort (or walk the index) what numpy sorts in a blink.
+    # an ORDER BY would make it sort (or walk the index) what numpy sorts in a blink. Each
+    # column is taken in order on its own, so no second copy of the whole buffer is made.
     key = rows["symbol"].astype(np.int64) << 32 | (rows["date"].astype(np.int64) + (1 << 31))
-    if len(key) and not (np.diff(key) > 0).all():
-        rows = rows[np.argsort(key, kind="stable")]
-    days = (rows["date"].astype(np.int64) + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
-    values = {c: rows[c].astype(np.float64) for c in PRICE_COLUMNS}
-    # array_position is 1-based.
-    return _frame(rows["symbol"].astype(np.int32) - 1, days.astype("datetime64[ns]"), values, names)
+    order = None if not len(key) or (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
+    del key
+
+    def column(name: str, dtype) -> np.ndarray:
+        values = rows[name] if order is None else rows[name][order]
+        return values.astype(dtype)
+
+    days = (column("date", np.int64) + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
+    codes = column("symbol", np.int32) - 1  # array_position is 1-based
+    values = {c: column(c, np.float64) for c in PRICE_COLUMNS}
+    del rows, buffer
+    return _frame(codes, days.astype("datetime64[ns]"), values, names)
 
 
 def _prices_sqlite(engine: Engine, names, first, last) -> pd.DataFrame:
