@@ -176,7 +176,10 @@ def child_floor(requests_file: str, db_url: str, base_url: str, ca_file: str) ->
         conn.execute("DROP TABLE IF EXISTS floor_copy")
         conn.execute("CREATE TABLE floor_copy (LIKE daily_prices INCLUDING ALL)")
         began = time.perf_counter()
-        with conn.transaction(), conn.cursor().copy("COPY floor_copy FROM STDIN (FORMAT BINARY)") as copy:
+        with (
+            conn.transaction(),
+            conn.cursor().copy("COPY floor_copy FROM STDIN (FORMAT BINARY)") as copy,
+        ):
             view = memoryview(buffer)
             for start in range(0, len(view), 1 << 20):
                 copy.write(view[start : start + (1 << 20)])

@@ -52,7 +52,9 @@ def profiled(out: dict, top: int = 20, pool_prefix: str = "yahoo"):
         out["self"] = [
             {"function": r[0], "calls": r[1], "tottime_s": round(r[2], 2)} for r in busy[:top]
         ]
-        ours = [r for r in rows if any(f"/{p}" in r[4] for p in OURS) and "site-packages" not in r[4]]
+        ours = [
+            r for r in rows if any(f"/{p}" in r[4] for p in OURS) and "site-packages" not in r[4]
+        ]
         ours.sort(key=lambda r: -r[3])
         out["ours"] = [
             {"function": r[0], "calls": r[1], "cumtime_s": round(r[3], 2)} for r in ours[:top]

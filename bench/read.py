@@ -86,9 +86,10 @@ def floor(url: str):
     from tasks.store.read import _HEADER, _PG_PRICES, _ROW
 
     buffer = bytearray()
-    with psycopg.connect(url) as conn, conn.cursor().copy(
-        _PG_PRICES, {"symbols": symbols(), "start": START, "end": END}
-    ) as copy:
+    with (
+        psycopg.connect(url) as conn,
+        conn.cursor().copy(_PG_PRICES, {"symbols": symbols(), "start": START, "end": END}) as copy,
+    ):
         for block in copy:
             buffer += block
     return np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
@@ -125,11 +126,7 @@ def child(side: str, url: str) -> None:
         pass
     before = rss_mb()
     result = SIDES[side](url)
-    size = (
-        result.nbytes
-        if isinstance(result, np.ndarray)
-        else result.memory_usage(deep=True).sum()
-    )
+    size = result.nbytes if isinstance(result, np.ndarray) else result.memory_usage(deep=True).sum()
     print(json.dumps({"extra_mb": peak_rss_mb() - before, "result_mb": size / 1e6,
                       "rows": len(result)}))  # fmt: skip
 
@@ -186,9 +183,8 @@ def main() -> None:
             "ours_adjusted_vs_peer": round(med["peer"] / med["ours_adjusted"], 2),
         },
         "memory": {
-            side: {k: round(v, 1) for k, v in m.items()} | {
-                "extra_over_result": round(m["extra_mb"] / m["result_mb"], 2)
-            }
+            side: {k: round(v, 1) for k, v in m.items()}
+            | {"extra_over_result": round(m["extra_mb"] / m["result_mb"], 2)}
             for side, m in memory.items()
         },  # fmt: skip
         # The host (2 cores) is shared with other sessions' test runs.

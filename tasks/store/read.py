@@ -1,4 +1,4 @@
-"""Reading the store back: daily prices for many symbols (raw or adjusted), macro series as of a day.
+"""Reading the store: daily prices for many symbols (raw or adjusted), macro series as of a day.
 
     from tasks.store.read import read_prices, read_prices_wide, read_macro
     prices = read_prices(engine, ["AAPL", "MSFT"], "2016-01-01", "2025-12-31", adjusted=True)
@@ -151,15 +151,16 @@ def _prices_postgres(engine: Engine, names, first, last) -> pd.DataFrame:
     order = None if not len(key) or (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
     del key
 
-    def column(name: str, dtype) -> np.ndarray:
+    taken = {}
+    for name, dtype in [("date", np.int64), ("symbol", np.int32)] + [
+        (c, np.float64) for c in PRICE_COLUMNS
+    ]:
         values = rows[name] if order is None else rows[name][order]
-        return values.astype(dtype)
-
-    days = (column("date", np.int64) + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
-    codes = column("symbol", np.int32) - 1  # array_position is 1-based
-    values = {c: column(c, np.float64) for c in PRICE_COLUMNS}
-    del rows, buffer
-    return _frame(codes, days.astype("datetime64[ns]"), values, names)
+        taken[name] = values.astype(dtype)
+    del rows, buffer  # the frame below is built without the COPY's bytes alive
+    days = (taken.pop("date") + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
+    codes = taken.pop("symbol") - 1  # array_position is 1-based
+    return _frame(codes, days.astype("datetime64[ns]"), taken, names)
 
 
 def _prices_sqlite(engine: Engine, names, first, last) -> pd.DataFrame:
@@ -220,7 +221,10 @@ def read_macro(engine: Engine, series_ids, as_of=None, start=None, end=None) -> 
     A series with no stored vintages (its runs had vintages=False) is a clear error, since
     the store cannot say what FRED said on a past day.
     """
-    ids = [str(s).strip().upper() for s in ([series_ids] if isinstance(series_ids, str) else series_ids)]
+    ids = [
+        str(s).strip().upper()
+        for s in ([series_ids] if isinstance(series_ids, str) else series_ids)
+    ]
     if not ids:
         raise ValueError("read_macro: no series given")
     first, last = _day(start, _FAR_PAST), _day(end, _FAR_FUTURE)

@@ -12,7 +12,7 @@ from fredapi import Fred
 
 from flows.macro import ingest_macro
 from tasks.store.read import read_macro, read_prices, read_prices_wide
-from tasks.store.schema import corporate_actions, daily_prices
+from tasks.store.schema import daily_prices
 from tasks.store.upsert import upsert_frame
 from tests.fakes.fred import FakeFred
 
