@@ -205,6 +205,10 @@ def main() -> None:
     med = {name: statistics.median(values) for name, values in runs.items()}
     peak_mb = peak_rss_mb()
     figures = {
+        # The floor: a raw binary COPY of the same rows into an empty table like daily_prices
+        # (the least a write can cost); the peer: pandas to_sql of the same frame.
+        "floor": "raw binary COPY",
+        "peer": "pandas.to_sql",
         "rows": n,
         "repeats": args.repeats,
         "statistic": "median",
@@ -228,7 +232,8 @@ def main() -> None:
         "peak_rss_mb": round(one_call_peak_mb, 1),
         "peak_rss_mb_with_flow_path": round(peak_mb, 1),
         "to_sql_peak_rss_mb": round(to_sql_rss, 1),
-        # The host is shared: the 1-minute load average says how quiet it was.
+        # The host (2 cores) is shared with other sessions' test runs: the 1-minute load
+        # average before and after says how quiet it was.
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
     figures["ratios"] = {

@@ -186,17 +186,24 @@ def ingest_prices(
     rebased: dict[str, Rebase] = {}
     throttled = None
     ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None
-    fetch = lambda plans: fetch_chunk(  # noqa: E731 - one call shape, used twice
-        plans,
-        market,
-        settings.yahoo_base_url,
-        settings.http_timeout_s,
-        backoff_s,
-        rate_limit,
-        ca_bundle=ca_bundle,
-    )
+    how = {
+        "market": market,
+        "base_url": settings.yahoo_base_url,
+        "timeout_s": settings.http_timeout_s,
+        "backoff_s": backoff_s,
+        "rate_limit": rate_limit,
+        "ca_bundle": ca_bundle,
+    }
+    fetch = lambda plans: fetch_chunk(plans, **how)  # noqa: E731 - a re-based symbol's re-fetch
+    # The next chunk is fetched while this one is checked and written: one fetch in flight at
+    # a time (the same requests, at the same concurrency), none after a throttled one.
+    pending = fetch_chunk.submit(chunks[0], **how)
     for number, chunk in enumerate(chunks, 1):
-        result, found = follow_rebases(engine, fetch(chunk), chunk, through, fetch)
+        fetched = pending.result()
+        if number < len(chunks) and not fetched.throttled:
+            pending = fetch_chunk.submit(chunks[number], **how)
+        result, found = follow_rebases(engine, fetched, chunk, through, fetch)
+        del fetched
         rebased |= found
         written, new_flags = write_chunk(result, chunk, market, through, found)
         reports += written

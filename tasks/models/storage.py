@@ -14,6 +14,7 @@ from tasks.market.calendars import market_of
 from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
 from tasks.models.model import ModelError
 from tasks.store import schema
+from tasks.store.read import read_prices
 
 
 class NoPromotedModel(ModelError):
@@ -45,20 +46,15 @@ def load_prices(engine: Engine, market: str, sessions: int | None = None) -> pd.
     symbols = market_symbols(engine, market)
     if not symbols:
         return pd.DataFrame(columns=FEATURE_INPUT_COLUMNS)
-    table = schema.daily_prices
-    query = sa.select(*[table.c[c] for c in FEATURE_INPUT_COLUMNS]).where(
-        table.c.symbol.in_(sa.bindparam("ids", expanding=True))
-    )
+    since = None
     if sessions:
         # 60 sessions span about 90 calendar days; the slack covers long holidays.
         since = max(symbols.values()) - dt.timedelta(days=int(sessions * 1.6) + 30)
-        query = query.where(table.c.trade_date >= since)
-    with engine.connect() as conn:
-        frame = pd.read_sql(
-            query.order_by(table.c.symbol, table.c.trade_date),
-            conn,
-            params={"ids": sorted(symbols)},
-        )
+    # The store's read path (tasks/store/read.py): one binary COPY on PostgreSQL.
+    frame = read_prices(engine, sorted(symbols), since)
+    frame = frame.assign(
+        symbol=frame["symbol"].astype(str), trade_date=frame["trade_date"].dt.date
+    )[FEATURE_INPUT_COLUMNS]
     if sessions:
         frame = frame.groupby("symbol", sort=False).tail(sessions).reset_index(drop=True)
     return frame

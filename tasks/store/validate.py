@@ -8,6 +8,7 @@ import math
 import re
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 SYMBOL_RE = re.compile(r"^[A-Z0-9.^=-]{1,20}$")
@@ -69,6 +70,22 @@ def _reasons_for_prices(frame: pd.DataFrame) -> pd.Series:
 TABLE_CHECKS = {"daily_prices": _reasons_for_prices}
 
 
+def _duplicated(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
+    """Rows whose key occurs more than once in frame, every copy marked.
+
+    Each key column factorized to integer codes and combined into one int64: hashing tuples of
+    Python objects (DataFrame.duplicated) cost a quarter of a 500k-row write.
+    """
+    combined, radix = np.zeros(len(frame), dtype=np.int64), 1
+    for column in key:
+        codes, distinct = pd.factorize(frame[column], use_na_sentinel=False)
+        if radix * max(len(distinct), 1) > 1 << 62:  # would overflow: the general way
+            return frame.duplicated(list(key), keep=False)
+        combined += codes.astype(np.int64) * radix
+        radix *= max(len(distinct), 1)
+    return pd.Series(pd.Series(combined).duplicated(keep=False).to_numpy(), index=frame.index)
+
+
 def split_rejects(
     frame: pd.DataFrame, table_name: str, key: tuple[str, ...]
 ) -> tuple[pd.DataFrame, list[Rejected]]:
@@ -80,7 +97,7 @@ def split_rejects(
     missing_key = frame[list(key)].isna().any(axis=1) & (reasons == "")
     reasons[missing_key] = "missing key value"
     # Every copy of a key is refused: the batch does not say which one is right.
-    duplicated = frame.duplicated(list(key), keep=False) & (reasons == "")
+    duplicated = _duplicated(frame, key) & (reasons == "")
     reasons[duplicated] = "duplicate key within the batch"
     bad = reasons != ""
     if not bad.any():

@@ -1,0 +1,255 @@
+"""Reading the store: daily prices for many symbols (raw or adjusted), macro series as of a day.
+
+    from tasks.store.read import read_prices, read_prices_wide, read_macro
+    prices = read_prices(engine, ["AAPL", "MSFT"], "2016-01-01", "2025-12-31", adjusted=True)
+    closes = read_prices_wide(engine, ["AAPL", "MSFT"], "2016-01-01", field="close")
+    cpi = read_macro(engine, ["CPIAUCSL"], as_of="2024-05-01")  # what FRED said that day
+
+On PostgreSQL prices come through one binary `COPY (SELECT ...) TO STDOUT` whose rows are all
+the same width (the symbol sent as its position in the list asked for, NULLs as NaN), decoded
+by numpy in place: about what the COPY itself costs, with no Python object per value. SQLite
+reads the same query through its cursor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tasks.store.schema import macro_vintages
+
+PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
+ADJUSTED = ("open", "high", "low", "close")
+_FAR_PAST, _FAR_FUTURE = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
+_PG_EPOCH = np.datetime64("2000-01-01", "D")
+_HEADER = 19  # PGCOPY signature (11) + flags (4) + extension length (4)
+
+# Every column of the COPY fixed-width: the symbol as its index in the array asked for,
+# volume as float8, NULL as NaN (a NULL would drop a field's payload and shift the row).
+_PG_PRICES = """
+COPY (
+  SELECT array_position(%(symbols)s::text[], symbol)::int4, trade_date,
+         open, high, low, close, coalesce(adj_close, 'NaN'::float8),
+         coalesce(volume::float8, 'NaN'::float8)
+  FROM daily_prices
+  WHERE symbol = ANY(%(symbols)s::text[]) AND trade_date BETWEEN %(start)s AND %(end)s
+) TO STDOUT (FORMAT BINARY)
+"""
+_ROW = np.dtype(
+    [("n", ">i2"), ("ls", ">i4"), ("symbol", ">i4"), ("ld", ">i4"), ("date", ">i4")]
+    + [x for c in PRICE_COLUMNS for x in ((f"l_{c}", ">i4"), (c, ">f8"))]
+)
+
+# Each dividend with the stored close of the session before it: its adjustment factor.
+_DIVIDENDS = """
+SELECT a.symbol, a.action_date, a.value,
+       (SELECT p.close FROM daily_prices p
+        WHERE p.symbol = a.symbol AND p.trade_date < a.action_date
+        ORDER BY p.trade_date DESC LIMIT 1) AS prev_close
+FROM corporate_actions a
+WHERE a.action_type = 'dividend' AND a.symbol IN :symbols AND a.action_date > :start
+ORDER BY a.symbol, a.action_date
+"""
+
+# For each observation, the value of the vintage that began last on or before :as_of.
+_MACRO_AS_OF = """
+SELECT v.series_id, v.obs_date, v.value FROM macro_vintages v
+WHERE v.series_id IN :ids AND v.obs_date BETWEEN :start AND :end
+  AND v.realtime_start = (
+    SELECT max(w.realtime_start) FROM macro_vintages w
+    WHERE w.series_id = v.series_id AND w.obs_date = v.obs_date AND w.realtime_start <= :as_of)
+ORDER BY v.series_id, v.obs_date
+"""
+
+
+def _day(value, default: dt.date) -> dt.date:
+    if value is None:
+        return default
+    try:
+        return pd.Timestamp(value).date()
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a date: {value!r}") from exc
+
+
+def _symbols(symbols) -> list[str]:
+    if isinstance(symbols, str):
+        symbols = [symbols]
+    out = list(dict.fromkeys(str(s).strip().upper() for s in symbols))
+    if not out:
+        raise ValueError("read_prices: no symbols given")
+    return out
+
+
+def read_prices(
+    engine: Engine,
+    symbols,
+    start=None,
+    end=None,
+    *,
+    adjusted: bool = False,
+) -> pd.DataFrame:
+    """Daily prices of symbols between start and end (inclusive) as a long frame.
+
+    Columns: symbol (categorical), trade_date (datetime64), open, high, low, close,
+    adj_close, volume (float; NaN where NULL), sorted by symbol and date.
+    Raw (the default) is the stored rows: Yahoo's basis, split-adjusted to today's shares,
+    adj_close its total-return series. adjusted=True also scales open, high, low and close
+    of each session by every later dividend in corporate_actions: the factor
+    1 - dividend / (close of the session before its ex-date), multiplied over the dividends
+    after that session (the CRSP method Yahoo's adj_close follows). Symbols with no stored
+    rows are simply absent.
+    """
+    names = sorted(_symbols(symbols))
+    first, last = _day(start, _FAR_PAST), _day(end, _FAR_FUTURE)
+    if first > last:
+        raise ValueError(f"read_prices: start {first} is after end {last}")
+    if engine.dialect.name == "postgresql":
+        frame = _prices_postgres(engine, names, first, last)
+    else:
+        frame = _prices_sqlite(engine, names, first, last)
+    if adjusted and len(frame):
+        factor = _dividend_factors(engine, names, frame, first)
+        for column in ADJUSTED:
+            frame[column] = frame[column].to_numpy() * factor
+    return frame
+
+
+def read_prices_wide(
+    engine: Engine, symbols, start=None, end=None, *, field: str = "close", adjusted: bool = False
+) -> pd.DataFrame:
+    """One price field as a frame of dates (rows) by symbols (columns, in the order asked)."""
+    if field not in PRICE_COLUMNS:
+        raise ValueError(f"read_prices_wide: field {field!r} is not one of {PRICE_COLUMNS}")
+    names = _symbols(symbols)
+    long = read_prices(engine, names, start, end, adjusted=adjusted)
+    wide = long.pivot(index="trade_date", columns="symbol", values=field)
+    return wide.reindex(columns=[s for s in names if s in wide.columns])
+
+
+def _frame(codes, days, values: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
+    symbol = pd.Categorical.from_codes(codes, categories=names)
+    return pd.DataFrame({"symbol": symbol, "trade_date": days, **values})
+
+
+def _prices_postgres(engine: Engine, names, first, last) -> pd.DataFrame:
+    buffer = bytearray()
+    with engine.connect() as conn:
+        cursor = conn.connection.driver_connection.cursor()
+        params = {"symbols": names, "start": first, "end": last}
+        with cursor.copy(_PG_PRICES, params) as copy:
+            for block in copy:
+                buffer += block
+    rows = np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
+    # Sorted here, not by the query: the server's collation may order symbols otherwise, and
+    # an ORDER BY would make it sort (or walk the index) what numpy sorts in a blink. Each
+    # column is taken in order on its own, so no second copy of the whole buffer is made.
+    key = rows["symbol"].astype(np.int64) << 32 | (rows["date"].astype(np.int64) + (1 << 31))
+    order = None if not len(key) or (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
+    del key
+
+    taken = {}
+    for name, dtype in [("date", np.int64), ("symbol", np.int32)] + [
+        (c, np.float64) for c in PRICE_COLUMNS
+    ]:
+        values = rows[name] if order is None else rows[name][order]
+        taken[name] = values.astype(dtype)
+    del rows, buffer  # the frame below is built without the COPY's bytes alive
+    days = (taken.pop("date") + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
+    codes = taken.pop("symbol") - 1  # array_position is 1-based
+    return _frame(codes, days.astype("datetime64[ns]"), taken, names)
+
+
+def _prices_sqlite(engine: Engine, names, first, last) -> pd.DataFrame:
+    query = sa.text(
+        "SELECT symbol, trade_date, open, high, low, close, adj_close, volume FROM daily_prices "
+        "WHERE symbol IN :symbols AND trade_date BETWEEN :start AND :end "
+        "ORDER BY symbol, trade_date"
+    ).bindparams(sa.bindparam("symbols", expanding=True))
+    with engine.connect() as conn:
+        result = conn.execute(query, {"symbols": names, "start": first, "end": last}).all()
+    if not result:
+        empty = {c: np.array([], dtype=np.float64) for c in PRICE_COLUMNS}
+        return _frame(np.array([], dtype=np.int32), np.array([], "datetime64[ns]"), empty, names)
+    columns = list(zip(*result, strict=True))
+    position = {s: i for i, s in enumerate(names)}
+    codes = np.array([position[s] for s in columns[0]], dtype=np.int32)
+    days = pd.to_datetime(pd.Series(columns[1])).to_numpy(dtype="datetime64[ns]")
+    values = {
+        c: np.array(columns[i + 2], dtype=np.float64)  # None -> NaN
+        for i, c in enumerate(PRICE_COLUMNS)
+    }
+    frame = _frame(codes, days, values, names)
+    # SQLite compares text byte by byte, as Python does; sorted the same way on both backends.
+    return frame.sort_values(["symbol", "trade_date"], kind="stable").reset_index(drop=True)
+
+
+def _dividend_factors(engine: Engine, names, frame: pd.DataFrame, first) -> np.ndarray:
+    """Per row of frame: the product of (1 - D / previous close) of the dividends after it."""
+    query = sa.text(_DIVIDENDS).bindparams(sa.bindparam("symbols", expanding=True))
+    with engine.connect() as conn:
+        rows = conn.execute(query, {"symbols": names, "start": first}).all()
+    factor = np.ones(len(frame))
+    if not rows:
+        return factor
+    dividends = pd.DataFrame(rows, columns=["symbol", "date", "value", "prev_close"])
+    dividends = dividends[dividends["prev_close"].notna() & (dividends["prev_close"] > 0)]
+    codes = frame["symbol"].cat.codes.to_numpy()
+    days = frame["trade_date"].to_numpy()
+    position = {s: i for i, s in enumerate(names)}
+    for symbol, paid in dividends.groupby("symbol", sort=False):
+        mine = np.flatnonzero(codes == position[symbol])
+        if not len(mine):
+            continue
+        ex = pd.to_datetime(paid["date"]).to_numpy(dtype="datetime64[ns]")
+        step = 1.0 - paid["value"].to_numpy(float) / paid["prev_close"].to_numpy(float)
+        # Suffix products: after[k] = product of the steps of dividends k, k+1, ...
+        after = np.append(np.cumprod(step[::-1])[::-1], 1.0)
+        # A session before ex-date k is scaled by every dividend from k on.
+        factor[mine] = after[np.searchsorted(ex, days[mine], side="right")]
+    return factor
+
+
+def read_macro(engine: Engine, series_ids, as_of=None, start=None, end=None) -> pd.DataFrame:
+    """Macro observations as FRED published them on as_of (a long frame: series_id, obs_date,
+    value), from the stored vintages; as_of=None gives the values stored now.
+
+    An observation not yet published on as_of is absent; one published as '.' is NaN.
+    A series with no stored vintages (its runs had vintages=False) is a clear error, since
+    the store cannot say what FRED said on a past day.
+    """
+    ids = [
+        str(s).strip().upper()
+        for s in ([series_ids] if isinstance(series_ids, str) else series_ids)
+    ]
+    if not ids:
+        raise ValueError("read_macro: no series given")
+    first, last = _day(start, _FAR_PAST), _day(end, _FAR_FUTURE)
+    with engine.connect() as conn:
+        if as_of is None:
+            query = sa.text(
+                "SELECT series_id, obs_date, value FROM macro_observations WHERE series_id IN :ids"
+                " AND obs_date BETWEEN :start AND :end ORDER BY series_id, obs_date"
+            )
+            params = {"ids": ids, "start": first, "end": last}
+        else:
+            kept = set(conn.execute(
+                sa.select(macro_vintages.c.series_id).where(macro_vintages.c.series_id.in_(ids))
+                .distinct()
+            ).scalars())  # fmt: skip
+            if missing := [s for s in ids if s not in kept]:
+                raise ValueError(
+                    f"read_macro: no vintages stored for {', '.join(missing)}: run the macro "
+                    "flow with vintages=True to keep what FRED said on each day"
+                )
+            query = sa.text(_MACRO_AS_OF)
+            params = {"ids": ids, "start": first, "end": last, "as_of": _day(as_of, None)}
+        query = query.bindparams(sa.bindparam("ids", expanding=True))
+        rows = conn.execute(query, params).all()
+    frame = pd.DataFrame(rows, columns=["series_id", "obs_date", "value"])
+    frame["obs_date"] = pd.to_datetime(frame["obs_date"])
+    frame["value"] = frame["value"].astype(np.float64)
+    return frame
