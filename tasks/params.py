@@ -8,9 +8,8 @@ the run, so a bad value fails in seconds with the parameter's name, not after re
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
-
 import re
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
