@@ -139,7 +139,11 @@ def connect(target: PgTarget, **kwargs):
         # psycopg's message names host and port, never the password.
         message = f"cannot reach PostgreSQL {target.label}: {exc}".strip()
         if connection_lost(exc):  # down or restarting, not refusing us: worth another try
-            raise BackupConnectionLost(message) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            raise BackupConnectionLost(
+                f"cannot reach PostgreSQL {target.label} ({first}): the server is down or "
+                "restarting. Nothing was read or written. A rerun is safe once it answers again."
+            ) from None
         raise BackupError(message) from None
 
 
