@@ -109,7 +109,9 @@ def restart(server: stack.ServerProcess, sig: int, down_s: float | None = None) 
 def test_a_run_in_flight_and_a_schedule_due_meanwhile_survive_a_crash(restarts):
     server, yahoo, webhook = restarts["server"], restarts["yahoo"], restarts["webhook"]
     us_prices = deployment_id("us-prices")
-    due_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=45)
+    # Far enough ahead for the scheduler (its loop is slow on a loaded machine) to make the run
+    # and for the in-flight run to reach Yahoo before the kill.
+    due_at = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=150)
     with get_client(sync_client=True) as client:
         # A schedule whose next fire time falls while the server is down.
         client.create_deployment_schedules(
@@ -117,12 +119,6 @@ def test_a_run_in_flight_and_a_schedule_due_meanwhile_survive_a_crash(restarts):
             [(IntervalSchedule(interval=dt.timedelta(hours=1), anchor_date=due_at), True)],
             parameters=PARAMS,
         )
-    yahoo.slow["AAPL"] = 30  # Yahoo takes its time: the run is mid-fetch when the server dies
-    in_flight = stack.deployment_run(
-        "us-prices/us-prices", restarts["env"],
-        *(f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}".replace("'", '"')
-          for k, v in PARAMS.items()),
-    )  # fmt: skip
 
     def scheduled_run():
         with get_client(sync_client=True) as client:
@@ -135,9 +131,16 @@ def test_a_run_in_flight_and_a_schedule_due_meanwhile_survive_a_crash(restarts):
         ]  # fmt: skip
         return due[0] if due else None
 
-    due = stack.wait_until(scheduled_run, 120, "the scheduler to create the due run", 1)
+    due = stack.wait_until(scheduled_run, 80, "the scheduler to create the due run", 1)
+    yahoo.slow["AAPL"] = 60  # Yahoo takes its time: the run is mid-fetch when the server dies
+    in_flight = stack.deployment_run(
+        "us-prices/us-prices", restarts["env"],
+        *(f"{k}={v}" if isinstance(v, str) else f"{k}={v!r}".replace("'", '"')
+          for k, v in PARAMS.items()),
+    )  # fmt: skip
     stack.wait_until(lambda: yahoo.chart_requests("AAPL"), 180, "the run to ask Yahoo for AAPL")
     assert read_run(in_flight).state.is_running()
+    assert dt.datetime.now(dt.UTC) < due_at - dt.timedelta(seconds=5), "too slow to test this"
     # SIGKILL: no shutdown at all, as a crash or an OOM kill. Down past the due time.
     down_s = max(restart_sec(), (due_at - dt.datetime.now(dt.UTC)).total_seconds() + 5)
     restart(server, signal.SIGKILL, down_s)
