@@ -151,6 +151,50 @@ def step_workers(env, pools) -> str:
     return "; ".join(parts)
 
 
+# How long `make up` waits for the first polls' writes to land before it returns.
+SETTLE_S = 180
+
+
+def step_settle(env, pools) -> str:
+    """Return once every pool and deployment is READY: the burst of writes after a start is over.
+
+    The embedded server keeps everything in one SQLite file, and SQLite has one writer at a
+    time. Right after the workers start, each one's first poll flips its pool, queues and
+    deployments to READY (Prefect 3.8 rewrites every deployment of the pool on each poll, in
+    a BEGIN IMMEDIATE transaction), heartbeats, and each flip is an event the triggers service
+    evaluates against every automation, on top of the runs the scheduler is inserting for
+    the deployments just made. A loaded machine stretches each of those transactions, and
+    SQLite's busy handler is a sleep-and-retry, not a queue: a writer can lose the race
+    until Prefect's 60 s busy_timeout runs out (`database is locked`, a 60 s
+    mark_deployments_ready), and a `prefect deployment run` issued then waits in the same
+    line. Returning only after the flips have landed means the operator's first command
+    meets a server that has done its start-up writing.
+    """
+    api = env["PREFECT_API_URL"]
+    began = time.monotonic()
+    waiting: list[str] = []
+    while time.monotonic() - began < SETTLE_S:
+        try:
+            found = post(api, "/work_pools/filter", {"work_pools": {"name": {"any_": pools}}})
+            waiting = [f"pool {p['name']}" for p in found if p.get("status") != "READY"]
+            waiting += [f"pool {p}" for p in set(pools) - {p["name"] for p in found}]
+            deployments = post(api, "/deployments/filter", {"limit": 200})
+            waiting += [
+                f"deployment {d['name']}"
+                for d in deployments
+                if d.get("work_pool_name") in pools and d.get("status") != "READY"
+            ]
+        except OSError as exc:  # a server busy writing may answer slowly: ask again
+            waiting = [f"the server ({exc})"]
+        if not waiting:
+            return f"every pool and deployment ready ({time.monotonic() - began:.0f} s)"
+        time.sleep(1)
+    return (
+        f"warning: still not ready after {SETTLE_S} s: {', '.join(waiting[:5])}; the server "
+        "may answer slowly for a while (see .prefect/logs/server.log)"
+    )
+
+
 def up() -> None:
     procs.LOGS.mkdir(parents=True, exist_ok=True)
     check_api_url()
@@ -168,6 +212,7 @@ def up() -> None:
             run_step(title, log, step, True)
         run_step("Deployments", log, deploy, env, f"{BIN}/prefect")
         run_step("Workers", log, step_workers, env, pool_names())
+        run_step("Ready", log, step_settle, env, pool_names())
     except StepFailed:
         if not server_was_running and procs.recorded_pid("server"):
             stop(["server"], say=lambda line: log.write(line + "\n"))

@@ -164,14 +164,17 @@ def _back_up_each(
     """Run each target's backup, copy it offsite, catalog it; one failure doesn't stop the rest."""
     root, engine = Path(settings.backup_dir), engine_from_settings(settings)
     bucket = load_bucket(offsite, settings.s3_endpoint_url)
-    rows, failures = [], []
+    rows, failures, notes = [], [], []
     for label, job in jobs.items():
         started = utcnow()
         try:
             stored = job(keep)
         except Exception as exc:  # noqa: BLE001 - recorded, and the run fails below
             failures.append(f"{label}: {exc}")
-            catalog.record_failure(engine, kind, label, str(exc), started)
+            try:
+                catalog.record_failure(engine, kind, label, str(exc), started)
+            except Exception as why:  # noqa: BLE001 - the catalog lives on the same data node
+                notes.append(f"the backup catalog could not record this failure ({_first(why)})")
             rows.append(
                 {"file": label, "size": "", "sha256": "", "status": f"FAILED: {exc}", "offsite": ""}
             )
@@ -185,13 +188,26 @@ def _back_up_each(
                 failures.append(f"{label}: offsite copy failed: {exc}")
         catalog.record_backup(engine, kind, label, stored, remote)
         rows += catalog.file_rows(stored, remote)
-    catalog.publish(f"backup-{kind}", rows, _ages_text(catalog.newest_verified(engine)))
+    try:
+        ages = _ages_text(catalog.newest_verified(engine))
+    except Exception as exc:  # noqa: BLE001 - the catalog is on the data node, which may be down
+        ages = f"The backup catalog could not be read: {_first(exc)}"
+        if failures:
+            notes.append(f"the backup catalog could not be read ({_first(exc)})")
+    catalog.publish(f"backup-{kind}", rows, ages)
     if failures:
+        failed = len({f.split(": ", 1)[0] for f in failures})
         raise BackupError(
-            f"{len(failures)} of {len(jobs)} {kind} backup(s) failed (older backups untouched):\n"
-            + "\n".join(failures)
+            f"{failed} of {len(jobs)} {kind} backup(s) failed (older backups untouched):\n"
+            + "\n".join(failures + notes)
         )
     return rows
+
+
+def _first(exc: BaseException) -> str:
+    """An error's first line: SQLAlchemy and libpq add lines of background and hints."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _ages_text(ages: list[dict]) -> str:

@@ -33,15 +33,15 @@ from tasks.macro.series import (
 )
 from tasks.macro.storage import StoredSeries, needs_fetch, read_stored, write_series
 from tasks.params import PastDate, Ratio, Seconds, SeriesId
+from tasks.retries import retry_when
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
 
 HISTORY_YEARS = 20
 
 
-def retry_transient(task, task_run, state) -> bool:
-    """retry_condition_fn: only network errors, timeouts, 429 and 5xx are worth another try."""
-    return is_transient(state.result(raise_on_failure=False))
+# retry_condition_fn: only network errors, timeouts, 429 and 5xx are worth another try.
+retry_transient = retry_when(is_transient)
 
 
 # No cache: the client holds the key, and its inputs must never be hashed or stored. Two

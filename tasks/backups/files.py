@@ -30,6 +30,12 @@ class BackupError(RuntimeError):
     """A backup or verification failed; the message says which file or target and why."""
 
 
+class BackupConnectionLost(BackupError):
+    """The database went away under a dump (a restart, a crash): retried, and safe to rerun."""
+
+    connection_lost = True
+
+
 @dataclass(frozen=True)
 class BackupSet:
     """One backup in one tier: its data file and the manifest that marks it complete."""

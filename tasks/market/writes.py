@@ -15,6 +15,7 @@ from tasks.market.calendars import Fetch, Market, sessions_between
 from tasks.market.quality import Issue, calendar_issues, check_prices
 from tasks.market.rebase import find_rebases, first_dates, read_stored, replace_symbols
 from tasks.market.yahoo import ChunkResult
+from tasks.retries import connection_lost, describe_lost_connection, retry_when
 from tasks.store.engine import engine_from_settings
 from tasks.store.ledger import record_flags, record_rebase
 from tasks.store.schema import instruments
@@ -45,6 +46,12 @@ class Rebase:
     reason: str
     start: dt.date  # re-fetched from here (its oldest stored session)
     rows_changed: int = 0
+
+
+class StoreConnectionLost(RuntimeError):
+    """The market store went away mid-write (a restart, a crash): worth a retry, safe to rerun."""
+
+    connection_lost = True
 
 
 def run_id() -> str | None:
@@ -84,7 +91,16 @@ def follow_rebases(
     return ChunkResult(frames, errors, result.throttled or again.throttled), found
 
 
-@task(name="write-prices", cache_policy=NO_CACHE, persist_result=False)
+# A data-node restart kills the chunk's transaction: retried after the server is back (a fast
+# restart takes seconds; PostgreSQL's crash recovery after -m immediate a little more).
+@task(
+    name="write-prices",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retries=3,
+    retry_delay_seconds=[2, 5, 15],
+    retry_condition_fn=retry_when(connection_lost),
+)
 def write_chunk(
     result: ChunkResult,
     plans: list[Fetch],
@@ -106,7 +122,40 @@ def write_chunk(
     kept, issues = calendar_issues(frames.prices, sessions, starts, through)
     clean, more = check_prices(kept, frames.actions)
     issues += more
-    reports, new_flags = {}, []
+    try:
+        written, spans, new_flags = _write(engine, frames, clean, issues, rebased)
+    except Exception as exc:
+        if not connection_lost(exc):
+            raise
+        symbols = [p.symbol for p in plans]
+        raise StoreConnectionLost(
+            f"Writing the prices of {len(symbols)} symbols ({symbols[0]} .. {symbols[-1]}) to "
+            f"the market store failed: the database connection was lost "
+            f"({describe_lost_connection(exc)}). The chunk's transaction was rolled back, so "
+            "none of its rows are stored. A rerun is safe: writes are upserts, and the run "
+            "fetches what is missing."
+        ) from None
+    reports = {}
+    refused: dict[str, list] = {}
+    for row in written.rejected:
+        refused.setdefault(str(row.payload.get("symbol")), []).append(row)
+    for symbol in set(written.by_entity) | set(refused):
+        span = spans.loc[symbol] if spans is not None and symbol in spans.index else None
+        reports[symbol] = report(
+            symbol, span, written.by_entity.get(symbol, (0, 0, 0)), refused.get(symbol, []),
+            issues, rebased.get(symbol),
+        )  # fmt: skip
+    del clean
+    for plan in plans:
+        if plan.symbol not in reports:
+            why = result.errors.get(plan.symbol, "not fetched: the run stopped first")
+            reports[plan.symbol] = SymbolReport(plan.symbol, status="failed", error=why)
+    return [reports[p.symbol] for p in plans], new_flags
+
+
+def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
+    """The chunk's one transaction: prices, actions, instruments, flags, rebase records."""
+    new_flags = []
     with engine.begin() as conn:
         written = write_frame(conn, "daily_prices", clean, flow_run_id=run_id())
         landed = {s for s, counts in written.by_entity.items() if sum(counts)}
@@ -126,21 +175,7 @@ def write_chunk(
                 conn, symbol, rebased[symbol].reason, first, last,
                 rebased[symbol].rows_changed, run_id(),
             )  # fmt: skip
-    refused: dict[str, list] = {}
-    for row in written.rejected:
-        refused.setdefault(str(row.payload.get("symbol")), []).append(row)
-    for symbol in set(written.by_entity) | set(refused):
-        span = spans.loc[symbol] if spans is not None and symbol in spans.index else None
-        reports[symbol] = report(
-            symbol, span, written.by_entity.get(symbol, (0, 0, 0)), refused.get(symbol, []),
-            issues, rebased.get(symbol),
-        )  # fmt: skip
-    del clean
-    for plan in plans:
-        if plan.symbol not in reports:
-            why = result.errors.get(plan.symbol, "not fetched: the run stopped first")
-            reports[plan.symbol] = SymbolReport(plan.symbol, status="failed", error=why)
-    return [reports[p.symbol] for p in plans], new_flags
+    return written, spans, new_flags
 
 
 def report(symbol, span, counts, refused, issues, rebase: Rebase | None) -> SymbolReport:

@@ -23,6 +23,7 @@ from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
 from tasks.limits import polite, slot_blocks
 from tasks.market.calendars import Fetch, Market
 from tasks.market.frames import Frames, History, to_frames
+from tasks.retries import retry_when
 
 YAHOO_DEFAULT_URL = "https://query2.finance.yahoo.com"
 
@@ -169,9 +170,8 @@ def retry_worthy(exc: BaseException) -> bool:
     return is_throttle(exc) or is_transient(exc)
 
 
-def retry_transient(task, task_run, state) -> bool:
-    """retry_condition_fn of fetch-symbol: retry_worthy failures only."""
-    return retry_worthy(state.result(raise_on_failure=False))
+# retry_condition_fn of fetch-symbol: retry_worthy failures only.
+retry_transient = retry_when(retry_worthy)
 
 
 # Two retries per symbol (README: Retries, timeouts and parameters), backing off exponentially

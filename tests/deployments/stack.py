@@ -137,39 +137,82 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         proc.wait()
 
 
+class ServerProcess:
+    """`prefect server start` on a fixed loopback port that a test can kill and start again.
+
+    As the production unit runs it (deployments/server/prefect-server.service): its own
+    PREFECT_HOME, database_url (asyncpg for PostgreSQL, or SQLite) and optionally
+    PREFECT_SERVER_API_AUTH_STRING. `kill(signal)` then `start()` is what systemd's Restart=
+    does after a crash (SIGKILL) or a stop (SIGTERM); the log is appended across restarts.
+    """
+
+    def __init__(self, home: Path, database_url: str, auth: str = "", **env: str) -> None:
+        self.home, self.port = home, free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}/api"
+        self.env = os.environ.copy()
+        self.env.update(
+            PREFECT_HOME=str(home),
+            PREFECT_API_URL=self.api_url,
+            PREFECT_UI_URL=f"http://127.0.0.1:{self.port}",
+            PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
+            PREFECT_SERVER_UI_ENABLED="false",
+            **env,
+        )
+        if auth:
+            self.env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "server.log"
+
+    def start(self, timeout: float = 180) -> float:
+        """Start it and wait until it answers; the seconds that took."""
+        began = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                 "--port", str(self.port)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        wait_healthy(self.api_url, self.proc, timeout=timeout)
+        return time.monotonic() - began
+
+    def kill(self, sig: int = 9, timeout: float = 60) -> None:
+        """Send sig to the server's whole process group and wait for it to be gone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # as systemd's TimeoutStopSec: then SIGKILL
+            os.killpg(self.proc.pid, 9)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
 @contextlib.contextmanager
 def auth_server(home: Path, database_url: str, auth: str) -> Iterator[str]:
     """`prefect server start` on a free loopback port, guarded by auth; yield its API URL.
 
-    As the production unit runs it: its own PREFECT_HOME, database_url (asyncpg for
-    PostgreSQL) and PREFECT_SERVER_API_AUTH_STRING. Its log is printed if the block fails.
+    As the production unit runs it (see ServerProcess). Its log is printed if the block fails.
     """
-    port = free_port()
-    api_url = f"http://127.0.0.1:{port}/api"
-    env = os.environ.copy()
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=api_url,
-        PREFECT_UI_URL=f"http://127.0.0.1:{port}",
-        PREFECT_SERVER_DATABASE_CONNECTION_URL=database_url,
-        PREFECT_SERVER_API_AUTH_STRING=auth,
-        PREFECT_SERVER_UI_ENABLED="false",
-    )
-    log = open(home / "server.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+    server = ServerProcess(home, database_url, auth)
     try:
-        wait_healthy(api_url, proc, timeout=180)
-        yield api_url
+        server.start()
+        yield server.api_url
     except BaseException:
-        print((home / "server.log").read_text()[-4000:])
+        print(server.log()[-4000:])
         raise
     finally:
-        stop(proc)
-        log.close()
+        server.stop()
 
 
 def wait_healthy(api_url: str, proc: subprocess.Popen, timeout: float = 90) -> None:

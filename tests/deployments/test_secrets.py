@@ -9,6 +9,7 @@ the server's log) and the worker's log is searched for each secret.
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -64,12 +65,18 @@ def failed_runs(tmp_path_factory, pg_engine_module):
             for name in ("macro/macro", "backup-postgres/backup-postgres"):
                 run_id = stack.deployment_run(name, env)
                 states.append(stack.wait_for_final_state(run_id, timeout=120).state)
-            try:  # a URL as a parameter: the server refuses to create the run
-                stack.deployment_run(
-                    "backup-postgres/backup-postgres", env, f'databases=["{UNREACHABLE}"]'
-                )
-            except AssertionError as exc:
-                refused = str(exc)
+            # A URL as a parameter: the server refuses to create the run. What the submitter's
+            # terminal shows is the CLI's own output (not the command line they typed).
+            cli = subprocess.run(
+                [str(stack.BIN / "prefect"), "deployment", "run",
+                 "backup-postgres/backup-postgres", "--param", f'databases=["{UNREACHABLE}"]'],
+                env=env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert cli.returncode != 0, cli.stdout
+            refused = cli.stdout + cli.stderr
+            http_refusal = create_run_over_http(
+                "backup-postgres/backup-postgres", {"databases": [UNREACHABLE]}
+            )
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
@@ -88,10 +95,25 @@ def failed_runs(tmp_path_factory, pg_engine_module):
     APILogWorker.drain_all(timeout=10)
     EventsWorker.drain_all(timeout=10)
     time.sleep(8)  # the server writes events in batches
-    yield {"states": states, "refused": refused, "logs": logs}
+    yield {"states": states, "refused": refused, "http_refusal": http_refusal, "logs": logs}
     with get_client(sync_client=True) as client:
         for deployment in client.read_deployments():
             client.delete_deployment(deployment.id)
+
+
+def create_run_over_http(name: str, parameters: dict) -> tuple[int, str]:
+    """POST /deployments/{id}/create_flow_run as the UI does; the status and the body."""
+    import httpx
+
+    api = os.environ["PREFECT_API_URL"]
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+    response = httpx.post(
+        f"{api}/deployments/{deployment.id}/create_flow_run",
+        json={"parameters": parameters},
+        timeout=60,
+    )
+    return response.status_code, response.text
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +134,14 @@ def test_the_runs_failed_for_the_reasons_given(failed_runs):
     assert (
         malformed.is_failed() and "entry 1 of INVESTFLOW_BACKUP_DATABASE_URLS" in malformed.message
     )
-    assert "databases" in failed_runs["refused"]  # named, refused before any run existed
+    refused = failed_runs["refused"]
+    assert "databases" in refused  # named, refused before any run existed
+    assert "not a URL" in refused and "INVESTFLOW_BACKUP_DATABASE_URLS" in refused
+    assert PASSWORD not in refused and "127.0.0.1:1/market" not in refused
+    status, body = failed_runs["http_refusal"]
+    # Prefect answers a parameter that fails the schema with 409 Conflict.
+    assert status == 409 and "databases" in body and "not a URL" in body
+    assert PASSWORD not in body and "127.0.0.1:1/market" not in body
 
 
 def test_no_secret_anywhere_prefect_keeps_things(failed_runs):

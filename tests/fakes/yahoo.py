@@ -70,6 +70,8 @@ class FakeYahoo(FakeServer):
         self.today: dt.date | None = None
         self.missing: dict[str, set[dt.date]] = {}
         self.holiday_bars: dict[str, set[dt.date]] = {}
+        # symbol -> seconds its next chart answer takes (a slow Yahoo keeps a run in flight)
+        self.slow: dict[str, float] = {}
         self._series: dict[tuple, dict] = {}
         self._series_lock = threading.Lock()
 
@@ -99,7 +101,10 @@ class FakeYahoo(FakeServer):
         if path == "/v1/test/getcrumb":
             return Response(200, CRUMB, {"Content-Type": "text/plain"})
         if path.startswith("/v8/finance/chart/"):
-            return self.chart(path.rsplit("/", 1)[1].upper(), req.query)
+            symbol = path.rsplit("/", 1)[1].upper()
+            response = self.chart(symbol, req.query)
+            response.delay_s = self.slow.pop(symbol, 0.0)
+            return response
         if path.startswith("/v7/finance/quote"):
             symbols = req.query.get("symbols", "").split(",")
             return Response(200, {"quoteResponse": {"result": [self.quote(s) for s in symbols]}})

@@ -173,14 +173,21 @@ def test_a_locked_table_fails_within_the_lock_timeout_and_keeps_the_backups(
 ):
     backup_postgres(offsite=False)
     before = local_files(env)
-    with psycopg.connect(source_db) as holder:
+    with psycopg.connect(source_db, application_name="nightly-migration") as holder:
         # Someone else holds the table (a migration, a VACUUM FULL) for longer than we wait.
         holder.execute("LOCK TABLE prices IN ACCESS EXCLUSIVE MODE")
         began = time.monotonic()
         state = backup_postgres(offsite=False, lock_timeout_s=2, return_state=True)
         waited = time.monotonic() - began
+        pid = holder.info.backend_pid
         holder.rollback()
-    assert state.is_failed() and "lock" in state.message
+    assert state.is_failed() and "2 s lock timeout" in state.message
+    # The operator learns which table, which session, and what to do.
+    assert "table public.prices" in state.message
+    assert f"pid {pid} (application 'nightly-migration'" in state.message
+    assert "transaction started 20" in state.message
+    assert "older backups are untouched" in state.message and "rerun is safe" in state.message
+    assert f"pg_terminate_backend({pid})" in state.message
     assert waited < 30  # the lock timeout, not the lock's holder, decided
     assert local_files(env) == before  # the earlier backup is still there, nothing half-written
     assert catalog_rows(pg_engine, kind="postgres", status="ok")

@@ -13,6 +13,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks.backups.files import (
+    BackupConnectionLost,
     BackupError,
     clear_partials,
     ensure_free_space,
@@ -34,6 +35,7 @@ from tasks.backups.postgres.target import (
 )
 from tasks.backups.retention import StoredBackup, store_backup
 from tasks.logs import run_logger
+from tasks.retries import connection_lost, retry_when
 
 
 @dataclass
@@ -63,6 +65,78 @@ def _limit_file_size(max_bytes: int | None):
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
 
     return apply
+
+
+# What libpq (pg_dump's own connection) says when the server goes away under it.
+LOST_CONNECTION = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "terminating connection because of crash of another server process",
+    "the database system is shutting down",
+    "the database system is starting up",
+    "the database system is in recovery mode",
+    "no connection to the server",
+    "could not receive data from server",
+    "Connection refused",
+)
+
+
+def lost_mid_dump(target: PgTarget, words: str) -> BackupConnectionLost:
+    """The operator's message for a dump whose database went away (restart, crash)."""
+    first = words.strip().splitlines()[0] if words.strip() else "no message"
+    return BackupConnectionLost(
+        f"pg_dump of {target.label}: the connection to the database was lost mid-dump "
+        f"({first}), as when the data node restarts. The partial dump was deleted and no "
+        "backup file was kept from this try; older backups are untouched. A rerun is safe."
+    )
+
+
+# Who holds a lock that pg_dump's ACCESS SHARE waits behind: only ACCESS EXCLUSIVE conflicts
+# with it (ALTER TABLE, VACUUM FULL, LOCK TABLE, a migration). No query text: it may hold data.
+_LOCK_HOLDERS = """
+SELECT n.nspname || '.' || c.relname, a.pid, coalesce(nullif(a.application_name, ''), '?'),
+       a.usename, a.client_addr::text, a.xact_start, a.query_start, a.state
+FROM pg_locks l
+JOIN pg_class c ON c.oid = l.relation
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND a.pid <> pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND c.relkind IN ('r', 'p', 'm', 'S')
+ORDER BY a.xact_start NULLS LAST, 1
+"""
+
+
+def lock_holders(target: PgTarget) -> list[str]:
+    """Each table an other session holds exclusively, and that session, in words."""
+    try:
+        with connect(target, autocommit=True) as conn:
+            rows = conn.execute(_LOCK_HOLDERS).fetchall()
+    except Exception:  # noqa: BLE001 - the message falls back to not naming them
+        return []
+    return [
+        f"table {table} by pid {pid} (application {app!r}, user {user}"
+        + (f", from {addr}" if addr else "")
+        + f", transaction started {_utc(xact)}, last query started {_utc(query)}, {state})"
+        for table, pid, app, user, addr, xact, query, state in rows
+    ]
+
+
+def _utc(moment) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "?"
+
+
+def locked_out(target: PgTarget, lock_timeout_s: int) -> BackupError:
+    """A dump that gave up behind a lock: which table, which session, what to do."""
+    holders = lock_holders(target)
+    held = "; ".join(holders) if holders else "a table is locked by another session"
+    pids = sorted({h.split("pid ", 1)[1].split(" ", 1)[0] for h in holders})
+    end_it = f" (or end it: SELECT pg_terminate_backend({pids[0]}))" if len(pids) == 1 else ""
+    return BackupError(
+        f"pg_dump of {target.label} gave up after the {int(lock_timeout_s)} s lock timeout: "
+        f"locked exclusively: {held}. No backup file was kept from this run; older backups "
+        f"are untouched. A rerun is safe once that session has finished{end_it}."
+    )
 
 
 def pg_dump(
@@ -109,18 +183,22 @@ def pg_dump(
                 counts = count_rows(conn)
             except psycopg.errors.LockNotAvailable:
                 proc.wait()
-                raise BackupError(
-                    f"pg_dump of {target.label}: a table is locked by another session; gave "
-                    f"up after the {int(lock_timeout_s)} s lock timeout"
-                ) from None
+                raise locked_out(target, lock_timeout_s) from None
+            except psycopg.OperationalError as exc:
+                if not connection_lost(exc):
+                    raise
+                proc.wait()
+                raise lost_mid_dump(target, str(exc)) from None
             finally:
                 returncode = proc.wait()
             conn.execute("COMMIT")
             if returncode != 0:
-                raise BackupError(
-                    f"pg_dump of {target.label} failed (exit {returncode}): "
-                    f"{stderr_message(reader, tail, target.secrets) or 'no message'}"
-                )
+                stderr = stderr_message(reader, tail, target.secrets) or "no message"
+                if any(words in stderr for words in LOST_CONNECTION):
+                    raise lost_mid_dump(target, stderr)
+                if "lock timeout" in stderr or "could not obtain lock" in stderr:
+                    raise locked_out(target, lock_timeout_s)
+                raise BackupError(f"pg_dump of {target.label} failed (exit {returncode}): {stderr}")
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -134,7 +212,16 @@ def pg_dump(
     )
 
 
-@task(name="backup-database", tags=["backup"], cache_policy=NONE)
+# A data-node restart under the dump is retried once the server is back; anything else (a
+# locked table, a full disk, a refused login) fails at once.
+@task(
+    name="backup-database",
+    tags=["backup"],
+    cache_policy=NONE,
+    retries=2,
+    retry_delay_seconds=[5, 15],
+    retry_condition_fn=retry_when(connection_lost),
+)
 def backup_database(
     target: PgTarget,
     root: Path,
@@ -157,6 +244,10 @@ def backup_database(
             dump = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
         except OSError as exc:
             raise BackupError(f"pg_dump of {target.label} failed: {exc}") from None
+        except Exception as exc:
+            if isinstance(exc, BackupError) or not connection_lost(exc):
+                raise
+            raise lost_mid_dump(target, str(exc)) from None
         manifest = {
             "kind": "postgres",
             "database": target.dbname,

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 
 from tasks.alerts.redact import redact
-from tasks.backups.files import BackupError
+from tasks.backups.files import BackupConnectionLost, BackupError
+from tasks.retries import connection_lost
 
 # How long a dump or restore waits for a table lock before it fails (and says so).
 LOCK_TIMEOUT_S = 60
@@ -136,7 +137,14 @@ def connect(target: PgTarget, **kwargs):
         return psycopg.connect(plain_url(target.url), connect_timeout=10, **kwargs)
     except psycopg.OperationalError as exc:
         # psycopg's message names host and port, never the password.
-        raise BackupError(f"cannot reach PostgreSQL {target.label}: {exc}".strip()) from None
+        message = f"cannot reach PostgreSQL {target.label}: {exc}".strip()
+        if connection_lost(exc):  # down or restarting, not refusing us: worth another try
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            raise BackupConnectionLost(
+                f"cannot reach PostgreSQL {target.label} ({first}): the server is down or "
+                "restarting. Nothing was read or written. A rerun is safe once it answers again."
+            ) from None
+        raise BackupError(message) from None
 
 
 def count_rows(conn) -> dict[str, int]:
