@@ -188,6 +188,10 @@ def zombie_rule(within: dt.timedelta = ZOMBIE_AFTER) -> AutomationCore:
             # Running too: a run whose machine slept before its first heartbeat went out
             # would otherwise never be noticed (Prefect's recipe starts at a heartbeat).
             after={"prefect.flow-run.Running", "prefect.flow-run.heartbeat"},
+            # Any other state but Running also says the run is not silently gone: it ended,
+            # or was orchestrated anew (a Spot crash resubmitted: Resubmitted, Pending and
+            # Submitting while its next task starts). Without them a resubmitted run whose new
+            # task took longer to start than the window was crashed a second time.
             expect={
                 "prefect.flow-run.heartbeat",
                 "prefect.flow-run.Completed",
@@ -195,6 +199,16 @@ def zombie_rule(within: dt.timedelta = ZOMBIE_AFTER) -> AutomationCore:
                 "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed",
                 "prefect.flow-run.TimedOut",
+                "prefect.flow-run.Scheduled",
+                "prefect.flow-run.Late",
+                "prefect.flow-run.Resubmitted",
+                "prefect.flow-run.AwaitingRetry",
+                "prefect.flow-run.Pending",
+                "prefect.flow-run.Submitting",
+                "prefect.flow-run.Retrying",
+                "prefect.flow-run.Cancelling",
+                "prefect.flow-run.Paused",
+                "prefect.flow-run.Suspended",
             },
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
