@@ -89,6 +89,13 @@ class PgCluster:
         self.restarts.append({"mode": mode, "seconds": took})
         return took
 
+    def down(self) -> None:
+        """Stop the server (pg_ctl stop -m fast), keeping its data, until up()."""
+        self._pg_ctl("stop", "-m", "fast")
+
+    def up(self) -> None:
+        self._pg_ctl("start")
+
     def stop(self) -> None:
         with contextlib.suppress(Exception):
             self._pg_ctl("stop", "-m", "immediate")

@@ -32,7 +32,54 @@ def get_engine(url: str) -> Engine:
     ensure_sqlite_folder(url)
     if url.startswith("sqlite:///"):
         return sa.create_engine(url, connect_args={"timeout": 30})
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2)
+    engine = sa.create_engine(
+        url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+        connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
+    )  # fmt: skip
+    sa.event.listen(engine, "do_connect", _connect_patiently)
+    return engine
+
+
+# A connection attempt gives up after this long; one that cannot reach the server (refused,
+# no route, timed out, or the server starting up) is tried again for CONNECT_PATIENCE_S.
+CONNECT_TIMEOUT_S = 10
+CONNECT_PATIENCE_S = 60
+_UNREACHABLE = (
+    "connection refused",
+    "no route to host",
+    "network is unreachable",
+    "timeout expired",
+    "connection timed out",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "server closed the connection unexpectedly",
+)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """The server could not be reached (yet): not a wrong password, database or host name."""
+    import psycopg
+
+    return isinstance(exc, psycopg.OperationalError) and any(
+        words in str(exc).lower() for words in _UNREACHABLE
+    )
+
+
+def _connect_patiently(dialect, conn_rec, cargs, cparams):
+    """Open a connection, trying again while the server is unreachable: a data node that
+    restarts, or a host whose link is down for a moment, costs a wait instead of the run."""
+    from tasks import clock
+
+    deadline = clock.monotonic() + CONNECT_PATIENCE_S
+    delay = 0.5
+    while True:
+        try:
+            return dialect.loaded_dbapi.connect(*cargs, **cparams)
+        except Exception as exc:
+            if not unreachable(exc) or clock.monotonic() + delay > deadline:
+                raise
+            clock.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def engine_from_settings(settings=None) -> Engine:
