@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated
 
 import pandas as pd
@@ -34,7 +35,7 @@ class StaleRun(Abort):
     """
 
 
-def ensure_run_is_ours(what: str) -> None:
+def ensure_run_is_ours(what: str, doing: str = "writing") -> None:
     """Refuse to write when the server no longer has this process's Running state.
 
     A desktop that slept (or lost its route) past the heartbeat window woke to a run the
@@ -53,11 +54,33 @@ def ensure_run_is_ours(what: str) -> None:
         current = client.read_flow_run(context.flow_run.id)
     if current.state is None or current.state.id != mine.id or not current.state.is_running():
         raise StaleRun(
-            f"not writing {what}: this process was away (asleep or cut off) while the server "
+            f"not {doing} {what}: this process was away (asleep or cut off) while the server "
             f"moved run {context.flow_run.id} on to {current.state_name} "
             f"({current.state.message if current.state else 'no state'}). Nothing was written; "
             "the run that replaced it writes the results."
         )
+
+
+def fails_only_while_ours(fn):
+    """A flow body whose failure is reported only if the run is still this process's.
+
+    A process cut off past the heartbeat window fails on its next database call; when its link
+    returns it would propose Failed over the Cancelled or Crashed the server set meanwhile (Prefect
+    accepts both), so a run the CPU fallback finished would read Failed and alert. Here the
+    failure becomes a StaleRun (an Abort: the engine proposes nothing) when the run moved on.
+    """
+
+    @functools.wraps(fn)
+    def guarded(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Abort:
+            raise
+        except Exception as exc:
+            ensure_run_is_ours(f"its failure ({type(exc).__name__})", "reporting")
+            raise
+
+    return guarded
 
 
 @task(name="upsert-predictions", cache_policy=NO_CACHE)
@@ -94,6 +117,7 @@ def store_version(engine, checkpoints, market: str, blob: bytes, png: bytes, met
 
 # Weekly on the desktop GPU; two hours is far past a normal run and stops a hung one.
 @flow(name="train-model", log_prints=True, timeout_seconds=7200)
+@fails_only_while_ours
 def train_model(
     market: MarketCode = "US",
     epochs: AtLeastOne = 8,
@@ -218,6 +242,7 @@ def cancel_replaced_run(replaces: str) -> str:
 
 
 @flow(name="predict-returns", log_prints=True, timeout_seconds=1200)
+@fails_only_while_ours
 def predict_returns(
     market: MarketCode = "US",
     model_version: str | None = None,
