@@ -10,7 +10,13 @@ from tasks.settings import Settings
 
 # Every flow run, on every route, sends a heartbeat this often: the zombie rule
 # (deployments/alert_rules.py) marks a run Crashed after three missed ones.
-RUN_ENV = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(int(HEARTBEAT.total_seconds()))}
+# A run rides out a server restart: its client retries a refused call 7 times, backing off
+# 2, 4, ... 128 s (about 4 minutes in all); Prefect's default 5 gives up after about a minute,
+# before a server that restarts under load (RestartSec plus its start) answers again.
+RUN_ENV = {
+    "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(int(HEARTBEAT.total_seconds())),
+    "PREFECT_CLIENT_MAX_RETRIES": "7",
+}
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,26 @@ def ensure_rate_limit(name: str) -> None:
 
 
 def polite(name: str, timeout_s: float | None = 600, occupy: int = 1) -> None:
-    """Wait for `occupy` slots of the named rate limit: one per request about to be made."""
-    rate_limit(name, occupy=occupy, timeout_seconds=timeout_s, strict=True)
+    """Wait for `occupy` slots of the named rate limit: one per request about to be made.
+
+    A server restarting meanwhile refuses the connection: the request waits for it, backing
+    off as Prefect's client does (the pools set PREFECT_CLIENT_MAX_RETRIES). Prefect retries a
+    refused connection only on a client that has connected before, and rate_limit makes a
+    new client each call, so without this the first slot asked during a restart failed the run.
+    """
+    import time
+
+    import httpx
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES
+
+    for attempt in range(1, PREFECT_CLIENT_MAX_RETRIES.value() + 2):
+        try:
+            rate_limit(name, occupy=occupy, timeout_seconds=timeout_s, strict=True)
+            return
+        except httpx.ConnectError:
+            if attempt > PREFECT_CLIENT_MAX_RETRIES.value():
+                raise
+            time.sleep(2**attempt)
 
 
 def slot_blocks(name: str, count: int) -> list[int]:
