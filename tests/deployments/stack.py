@@ -98,16 +98,26 @@ def deployment_run(name: str, env: dict[str, str], *params: str) -> UUID:
     return UUID(match.group(0))
 
 
-def wait_for_final_state(flow_run_id: UUID, timeout: float = 180):
-    """Poll the API until the run is final; return the run."""
+def wait_for_final_state(flow_run_id: UUID, timeout: float = 180, settle: float = 0):
+    """Poll the API until the run is final; return the run.
+
+    settle: a final state must stay this many seconds. A Crashed run the resubmit rule
+    schedules again is final for a moment only; a test expecting its next try passes settle.
+    """
     from prefect.client.orchestration import get_client
 
     deadline = time.time() + timeout
+    final_since, final_state = None, None
     with get_client(sync_client=True) as client:
         while True:
             flow_run = client.read_flow_run(flow_run_id)
             if flow_run.state and flow_run.state.is_final():
-                return flow_run
+                if final_state != flow_run.state.id:
+                    final_since, final_state = time.time(), flow_run.state.id
+                if time.time() - final_since >= settle:
+                    return flow_run
+            else:
+                final_since, final_state = None, None
             if time.time() > deadline:
                 raise AssertionError(
                     f"flow run {flow_run_id} still {flow_run.state_name} after {timeout} s"
