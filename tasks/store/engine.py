@@ -31,13 +31,31 @@ def get_engine(url: str) -> Engine:
     url = normalize_url(url)
     ensure_sqlite_folder(url)
     if url.startswith("sqlite:///"):
-        return sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(engine, "connect", _sqlite_no_implicit_begin)
+        sa.event.listen(engine, "begin", _sqlite_begin_immediate)
+        return engine
     engine = sa.create_engine(
         url, pool_pre_ping=True, pool_size=2, max_overflow=2,
         connect_args={"connect_timeout": CONNECT_TIMEOUT_S},
     )  # fmt: skip
     sa.event.listen(engine, "do_connect", _connect_patiently)
     return engine
+
+
+def _sqlite_no_implicit_begin(dbapi_connection, connection_record):
+    dbapi_connection.isolation_level = None  # SQLAlchemy's begin event starts transactions
+
+
+def _sqlite_begin_immediate(conn):
+    """Take SQLite's write lock when a transaction starts, waiting up to the 30 s timeout.
+
+    SQLite's default (deferred) transaction reads first and asks for the write lock later; when
+    another run wrote meanwhile it cannot wait for it (that would deadlock), so it fails at once
+    with "database is locked". Two price runs writing the same store at once (a parent's
+    children, a schedule and a manual run) then lost one of them.
+    """
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # A connection attempt gives up after this long; one that cannot reach the server (refused,
