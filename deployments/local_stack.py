@@ -58,6 +58,12 @@ def stack_env() -> dict[str, str]:
     # The server's automations do not wait 15 minutes for events processed before a restart
     # (deployments/event_ordering.py).
     env.update(SERVER_SETTINGS)
+    # Every run's heartbeat and API retries (deployments/pools.py), from the worker too: a run
+    # whose `env` job variable is set replaces the pool's env, and keeps these.
+    from deployments.pools import RUN_ENV
+
+    for key, value in RUN_ENV.items():
+        env.setdefault(key, value)
     # Workers ask for new runs every 5 s (Prefect: 10 s), so triggered runs start fast.
     env.setdefault("PREFECT_WORKER_QUERY_SECONDS", "5")
     return env

@@ -168,7 +168,12 @@ def final(shape, run_id, timeout: float = 300, settle: float = 0):
 
 
 def stand_in_env(shape) -> dict[str, str]:
-    """The fargate pool's env job variable, plus where the stand-ins are."""
+    """The fargate pool's env job variable, plus where the stand-ins are.
+
+    It replaces the pool's env, heartbeat setting included, as an operator's own env does: the
+    image keeps runs sending heartbeats (tests/deployments/test_run_env.py). Without that, the
+    Spot test's second task, silent, was crashed 90 s into its run and resubmitted again.
+    """
     return {"env": {"INVESTFLOW_CODE_DIR": "/opt/investflow", **shape["yahoo"].env(),
                     "INVESTFLOW_FRED_BASE_URL": shape["fred"].url}}  # fmt: skip
 
