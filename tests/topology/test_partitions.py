@@ -48,13 +48,6 @@ def test_a_fresh_start_sends_no_back_alert(platform):
     assert not [t for t in platform["startup_texts"] if "live worker again" in t]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap, seen on merged main: when the 8 s cut lands on the prediction's first "
-    "connection to the data node (the flow body, before any task), psycopg's connect fails "
-    "and nothing retries it, so the run ends Failed; only the store's writes and backups "
-    "retry a lost connection (tasks/retries.py)",
-)
 def test_cut_off_briefly_the_run_completes_once_and_nobody_is_paged(platform, prices, clean):  # noqa: F811
     env, topo, webhook = platform["env"], platform["topo"], platform["webhook"]
     truncate(prices, "predictions", "ingest_batches")
@@ -74,13 +67,6 @@ def test_cut_off_briefly_the_run_completes_once_and_nobody_is_paged(platform, pr
     assert webhook.texts()[before:] == []
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known gap: a desktop process whose database call failed during the cut proposes "
-    "Failed when its link returns, over the Cancelled the CPU fallback set (Prefect allows "
-    "Cancelled -> Failed), so the run reads Failed and the failure rule alerts once; the "
-    "store and the fallback are right",
-)
 def test_cut_off_past_the_heartbeat_window_the_cpu_fallback_writes_once(platform, prices, clean):  # noqa: F811
     env, topo, webhook = platform["env"], platform["topo"], platform["webhook"]
     truncate(prices, "predictions", "ingest_batches")
