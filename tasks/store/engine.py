@@ -59,9 +59,11 @@ def _sqlite_begin_immediate(conn):
 
 
 # A connection attempt gives up after this long; one that cannot reach the server (refused,
-# no route, timed out, or the server starting up) is tried again for CONNECT_PATIENCE_S.
+# no route, timed out, or the server starting up) is tried again for CONNECT_PATIENCE_S: long
+# enough for a restart or a brief cut, short enough that a write retried three times against a
+# node that stays down fails in about a minute and a half (tasks/market/writes.py).
 CONNECT_TIMEOUT_S = 10
-CONNECT_PATIENCE_S = 60
+CONNECT_PATIENCE_S = 20
 _UNREACHABLE = (
     "connection refused",
     "no route to host",

@@ -290,7 +290,11 @@ def test_a_spot_interruption_is_resubmitted_and_completes_without_an_alert(shape
     flow_run = final(shape, run_id, timeout=300, settle=20)
     with on_server(shape), get_client(sync_client=True) as client:
         states = [s.name for s in client.read_flow_run_states(run_id)]
-    assert flow_run.state.is_completed(), (flow_run.state.message, states)
+    tasks = [t for t in shape["fargate"].tasks if t.flow_run_id == str(run_id)]
+    assert flow_run.state.is_completed(), "\n".join(
+        [flow_run.state.message, " -> ".join(states)]
+        + [f"task {t.arn}: exit {t.exit_code}\n{t.env}\n{t.logs[-2500:]}" for t in tasks]
+    )
     assert "Crashed" in states and "Resubmitted" in states, states
     second = shape["fargate"].task_for(run_id)
     tasks = [t for t in shape["fargate"].tasks if t.flow_run_id == str(run_id)]
