@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from sqlalchemy.engine import Engine
 
-from tasks.backups.files import utcnow
+from tasks import clock
 from tasks.backups.retention import StoredBackup
 from tasks.store.schema import backup_catalog
 
@@ -71,7 +71,7 @@ def mark_pruned(conn, kind: str, target: str, paths: list[Path], run_id: str | N
                     path=str(path),
                     tier=path.parent.name,
                     status="pruned",
-                    finished_at=utcnow(),
+                    finished_at=clock.now(),
                     flow_run_id=run_id,
                 )
             )
@@ -89,7 +89,7 @@ def record_failure(
                 target=target,
                 status="failed",
                 started_at=started_at,
-                finished_at=utcnow(),
+                finished_at=clock.now(),
                 detail={"error": error[:4000]},
                 flow_run_id=current_flow_run_id(),
             )
@@ -107,7 +107,7 @@ def record_verification(
     started_at: dt.datetime,
 ) -> None:
     """A verification row, and verified_at stamped on the backup rows of that file."""
-    now = utcnow()
+    now = clock.now()
     with engine.begin() as conn:
         conn.execute(
             backup_catalog.insert().values(
@@ -145,7 +145,7 @@ def newest_verified(engine: Engine) -> list[dict]:
         .where(backup_catalog.c.kind == "verify", backup_catalog.c.status == "verified")
         .group_by(backup_catalog.c.target)
     )
-    now = utcnow()
+    now = clock.now()
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     out = []

@@ -12,6 +12,7 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks import clock
 from tasks.backups.files import (
     BackupConnectionLost,
     BackupError,
@@ -22,7 +23,6 @@ from tasks.backups.files import (
     partial_path,
     target_dir,
     target_lock,
-    utcnow,
 )
 from tasks.backups.postgres.target import (
     LOCK_TIMEOUT_S,
@@ -153,7 +153,7 @@ def pg_dump(
     """
     import psycopg
 
-    started = utcnow()
+    started = clock.now()
     with connect(target, autocommit=True) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -207,7 +207,7 @@ def pg_dump(
         server_version=server_version,
         pg_dump_version=tool_version("pg_dump"),
         started_at=started,
-        finished_at=utcnow(),
+        finished_at=clock.now(),
         snapshot=snapshot,
     )
 
@@ -227,7 +227,6 @@ def backup_database(
     root: Path,
     keep: dict[str, int],
     *,
-    now: dt.datetime | None = None,
     max_bytes: int | None = None,
     lock_timeout_s: int = LOCK_TIMEOUT_S,
 ) -> StoredBackup:
@@ -237,7 +236,7 @@ def backup_database(
     with target_lock(tdir):
         clear_partials(tdir)
         ensure_free_space(tdir, estimate_size(tdir))
-        final = fresh_data_path(tdir, target.dbname, ".dump", now)
+        final = fresh_data_path(tdir, target.dbname, ".dump")
         partial = partial_path(final)
         logger.info("Dumping %s to %s", target.label, final)
         try:

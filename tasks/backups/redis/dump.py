@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import shutil
@@ -14,6 +13,7 @@ from urllib.parse import unquote
 from prefect import task
 from prefect.cache_policies import NONE
 
+from tasks import clock
 from tasks.backups.files import (
     BackupError,
     clear_partials,
@@ -23,7 +23,6 @@ from tasks.backups.files import (
     partial_path,
     target_dir,
     target_lock,
-    utcnow,
 )
 from tasks.backups.redis.target import RedisTarget, parse_keyspace
 from tasks.backups.retention import StoredBackup, store_backup
@@ -144,12 +143,11 @@ def backup_redis_server(
     keep: dict[str, int],
     *,
     method: str = "auto",
-    now: dt.datetime | None = None,
 ) -> StoredBackup:
     """Snapshot one Redis server into <root>/redis/<host_port>/, then checksum and prune."""
     logger = run_logger()
     tdir = target_dir(root, "redis", target.label)
-    started = utcnow()
+    started = clock.now()
     client = target.client()
     try:
         server = client.info("server")
@@ -159,7 +157,7 @@ def backup_redis_server(
     with target_lock(tdir):
         clear_partials(tdir)
         ensure_free_space(tdir, estimate_size(tdir))
-        final = fresh_data_path(tdir, target.label, ".rdb", now)
+        final = fresh_data_path(tdir, target.label, ".rdb")
         partial = partial_path(final)
         source = rdb_path(client) if method != "rdb-cli" and target.is_local else None
         try:
@@ -184,7 +182,7 @@ def backup_redis_server(
             "method": how,
             "redis_version": server.get("redis_version"),
             "started_at": started.isoformat(),
-            "finished_at": utcnow().isoformat(),
+            "finished_at": clock.now().isoformat(),
             "dbsize_before": keyspace,
             # Exact when redis-check-rdb read the file; else DBSIZE just before the save.
             "keys": checked["keys"] if checked else sum(keyspace.values()),
