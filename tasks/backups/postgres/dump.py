@@ -13,17 +13,7 @@ from prefect import task
 from prefect.cache_policies import NONE
 
 from tasks import clock
-from tasks.backups.files import (
-    BackupConnectionLost,
-    BackupError,
-    clear_partials,
-    ensure_free_space,
-    estimate_size,
-    fresh_data_path,
-    partial_path,
-    target_dir,
-    target_lock,
-)
+from tasks.backups.files import BackupConnectionLost, BackupError
 from tasks.backups.postgres.target import (
     LOCK_TIMEOUT_S,
     PgTarget,
@@ -33,7 +23,8 @@ from tasks.backups.postgres.target import (
     drain_stderr,
     stderr_message,
 )
-from tasks.backups.retention import StoredBackup, store_backup
+from tasks.backups.retention import StoredBackup
+from tasks.backups.take import take_backup
 from tasks.logs import run_logger
 from tasks.retries import connection_lost, retry_when
 
@@ -232,37 +223,34 @@ def backup_database(
 ) -> StoredBackup:
     """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
     logger = run_logger()
-    tdir = target_dir(root, "postgres", target.dbname)
-    with target_lock(tdir):
-        clear_partials(tdir)
-        ensure_free_space(tdir, estimate_size(tdir))
-        final = fresh_data_path(tdir, target.dbname, ".dump")
-        partial = partial_path(final)
+
+    def dump(partial: Path, final: Path) -> dict:
         logger.info("Dumping %s to %s", target.label, final)
         try:
-            dump = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
+            dumped = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
         except OSError as exc:
             raise BackupError(f"pg_dump of {target.label} failed: {exc}") from None
         except Exception as exc:
             if isinstance(exc, BackupError) or not connection_lost(exc):
                 raise
             raise lost_mid_dump(target, str(exc)) from None
-        manifest = {
+        return {
             "kind": "postgres",
             "database": target.dbname,
             "target": target.label,
             "format": "pg_dump custom (-Fc)",
-            "server_version": dump.server_version,
-            "pg_dump_version": dump.pg_dump_version,
-            "started_at": dump.started_at.isoformat(),
-            "finished_at": dump.finished_at.isoformat(),
-            "row_counts": dump.row_counts,
+            "server_version": dumped.server_version,
+            "pg_dump_version": dumped.pg_dump_version,
+            "started_at": dumped.started_at.isoformat(),
+            "finished_at": dumped.finished_at.isoformat(),
+            "row_counts": dumped.row_counts,
         }
-        stored = store_backup(partial, final, manifest, tdir, keep)
+
+    stored = take_backup(root, "postgres", target.dbname, ".dump", keep, dump)
     logger.info(
         "Backed up %s: %s (%s bytes, sha256 %s); pruned %d",
         target.label,
-        final.name,
+        stored.backup.data.name,
         stored.size_bytes,
         stored.sha256,
         len(stored.pruned),
