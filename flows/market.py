@@ -29,9 +29,9 @@ from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
 from tasks.limits import RATE_LIMITS, ensure_rate_limits
+from tasks.logs import run_id
 from tasks.market.calendars import MARKETS, as_utc, last_closed_session
 from tasks.market.quality import Issue
-from tasks.market.writes import run_id
 from tasks.params import AtLeastOne, MarketCode, NonNegative, PastDate, Ratio, Seconds
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings

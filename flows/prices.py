@@ -17,6 +17,7 @@ from prefect.artifacts import (
 
 from tasks.health.freshness import emit_freshness, freshness
 from tasks.limits import RATE_LIMITS, ensure_rate_limits
+from tasks.logs import run_id
 from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.market.quality import Issue, stale_symbols
 from tasks.market.writes import (
@@ -24,7 +25,6 @@ from tasks.market.writes import (
     SymbolReport,
     follow_rebases,
     instrument_symbols,
-    run_id,
     write_chunk,
 )
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
