@@ -589,13 +589,13 @@ def side_by_side(
 def run_jobs(ctx, args, stores: dict, images: dict[str, str]) -> dict:
     """Each job in its container and as a process, alternating which goes first."""
     from bench.scratch import clone_store, drop_store
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
 
     yahoo = ctx["yahoo"]
     symbols = SYMBOLS[: args.symbols]
     quiet_days(yahoo)
     # The limit as good as off, as bench/ingest.py does: our code, not the polite 4/s.
-    ensure_rate_limits({"yahoo": (RATE_SLOTS, RATE_PER_S)}, overwrite=True)
+    set_limit("yahoo", RATE_SLOTS, RATE_PER_S)
     jobs: dict[str, dict] = {}
 
     def record(job: str, pair: tuple[dict, dict]) -> None:

@@ -225,13 +225,13 @@ def main(profile: bool = False) -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from bench.scratch import clone_store, create_store, drop_store
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
     from tests.fakes.yahoo import FakeYahoo
 
     db_url = create_store()
     try:
         with FakeYahoo() as fake, prefect_test_harness(server_startup_timeout=120):
-            ensure_rate_limits({"yahoo": (RATE_SLOTS, RATE_PER_S)}, overwrite=True)
+            set_limit("yahoo", RATE_SLOTS, RATE_PER_S)
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,

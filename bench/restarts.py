@@ -188,7 +188,7 @@ def main() -> None:
     os.environ.update(PREFECT_API_URL=server.api_url, PREFECT_UI_URL=server.api_url[:-4])
     server.env.update(PREFECT_API_URL=server.api_url)
     # Imported after the environment points Prefect at this bench's own server.
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
     from tasks.store.engine import migrate
     from tests.fakes.webhook import FakeWebhook
     from tests.fakes.yahoo import FakeYahoo
@@ -197,7 +197,7 @@ def main() -> None:
     results: dict = {"reps": REPS, "server": "SQLite (the default), restarted after RestartSec"}
     try:
         server.start()
-        ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
+        set_limit("yahoo", 1, 200.0)
         with FakeYahoo() as yahoo, FakeWebhook() as webhook:
             for name, value in yahoo.env().items():
                 os.environ[name] = value

@@ -123,7 +123,7 @@ def main() -> None:
     from bench.scratch import create_store, drop_store
     from flows.market import ingest_market_prices
     from flows.prices import ingest_us_prices
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
     from tests.deployments import stack
     from tests.fakes.listings import FakeListings
     from tests.fakes.yahoo import FakeYahoo
@@ -137,7 +137,7 @@ def main() -> None:
             FakeListings(nasdaq=NASDAQ, nyse=NYSE) as listings,
             prefect_test_harness(server_startup_timeout=120),
         ):
-            ensure_rate_limits({"yahoo": (RATE_SLOTS, RATE_PER_S)}, overwrite=True)
+            set_limit("yahoo", RATE_SLOTS, RATE_PER_S)
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,

@@ -122,6 +122,16 @@ def step_server(env) -> str:
     return f"started (pid {pid}) at {api}"
 
 
+def worker_command(
+    pool: str, name: str, kind: str = "process", limit: int | None = None
+) -> list[str]:
+    """`prefect worker start` for pool: a process worker here; the tests also start the ecs
+    and docker kinds, and at most limit runs at once as the systemd units do
+    (deployments/services/worker-*.service.in)."""
+    argv = [f"{BIN}/prefect", "worker", "start", "--pool", pool, "--type", kind, "--name", name]
+    return argv + (["--limit", str(limit)] if limit else [])
+
+
 def step_workers(env, pools) -> str:
     started, restarted, running = [], [], []
     for pool in pools:
@@ -135,18 +145,7 @@ def step_workers(env, pools) -> str:
             restarted.append(pool)
         else:
             started.append(pool)
-        argv = [
-            f"{BIN}/prefect",
-            "worker",
-            "start",
-            "--pool",
-            pool,
-            "--type",
-            "process",
-            "--name",
-            f"local-{pool}",
-        ]
-        procs.start(name, argv, env)
+        procs.start(name, worker_command(pool, f"local-{pool}"), env)
     parts = [f"{len(pools)} pools served"]
     if started:
         parts.append(f"started {', '.join(started)}")

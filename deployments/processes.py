@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".prefect"
@@ -57,18 +58,23 @@ def start(name: str, argv: list[str], env: dict[str, str]) -> int:
         stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
         log.write(f"\n===== {stamp} make up started {name} =====\n".encode())
         log.flush()
-        proc = subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        proc = spawn(argv, env, log)
     (PIDS / f"{name}.pid").write_text(f"{proc.pid}\n")
     (PIDS / f"{name}.env-sha256").write_text(fingerprint(env) + "\n")
     return proc.pid
+
+
+def spawn(argv: list[str], env: dict[str, str], log: BinaryIO) -> subprocess.Popen:
+    """argv from the repository root in a session of its own, its output into log."""
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def process_table() -> list[tuple[int, int, int]]:

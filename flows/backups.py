@@ -9,8 +9,9 @@ from typing import Literal
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
+from tasks import clock
 from tasks.backups import catalog
-from tasks.backups.files import BackupError, retained_sets, utcnow, verify_set
+from tasks.backups.files import BackupError, retained_sets, verify_set
 from tasks.backups.offsite import load_bucket, prune_remote, upload_backup
 from tasks.backups.postgres.dump import backup_database
 from tasks.backups.postgres.target import LOCK_TIMEOUT_S, resolve_targets
@@ -109,7 +110,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
                 None,
                 False,
                 {"error": problem},
-                utcnow(),
+                clock.now(),
             )
 
     restores: list[tuple[str, Callable[[], dict]]] = []
@@ -122,7 +123,7 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
             restores.append((tdir.name, lambda d=tdir: verify_redis_restore(d)))
 
     for label, restore in restores:
-        started = utcnow()
+        started = clock.now()
         try:
             result = restore()
         except Exception as exc:  # noqa: BLE001 - every target is tried; the run fails below
@@ -166,7 +167,7 @@ def _back_up_each(
     bucket = load_bucket(offsite, settings.s3_endpoint_url)
     rows, failures, notes = [], [], []
     for label, job in jobs.items():
-        started = utcnow()
+        started = clock.now()
         try:
             stored = job(keep)
         except Exception as exc:  # noqa: BLE001 - recorded, and the run fails below

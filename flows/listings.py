@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.market.writes import run_id
+from tasks.logs import run_id
 from tasks.params import PastDate, Seconds
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings

@@ -7,11 +7,11 @@ import datetime as dt
 import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
 from tasks.health.freshness import emit_freshness, macro_facts, macro_group, macro_newest
 from tasks.limits import ensure_rate_limit
+from tasks.logs import run_id
 from tasks.macro.fred import (
     DEFAULT_SERIES,
     FredKeyError,
@@ -31,7 +31,7 @@ from tasks.macro.series import (
     revision_history,
     with_realtime_start,
 )
-from tasks.macro.storage import StoredSeries, needs_fetch, read_stored, write_series
+from tasks.macro.storage import StoredSeries, needs_fetch, stored_series, write_series
 from tasks.params import PastDate, Ratio, Seconds, SeriesId
 from tasks.retries import retry_when
 from tasks.settings import get_settings
@@ -75,7 +75,7 @@ def ingest_series(
         added = new_vintages(history, kept)
         observations = with_realtime_start(observations, history)
     # Everything is fetched before anything is written: a failed series leaves no half.
-    result, flags = write_series(engine, info, observations, added, flow_run.get_id())
+    result, flags = write_series(engine, info, observations, added, run_id())
     last = observations["obs_date"].max() if not observations.empty else None
     return outcome(
         series_id, "ok", inserted=result.inserted, updated=result.updated,
@@ -123,7 +123,7 @@ def ingest_macro(
 def ingest_each(ingest, client, engine, ids, first, vintages, outcomes, api_key) -> str | None:
     """Each series in turn, its outcome appended; a refused key skips the rest (returned)."""
     key = api_key.get_secret_value()
-    stored = read_stored(engine, ids)
+    stored = stored_series(engine, ids)
     key_error = None
     for series_id in ids:
         if key_error:

@@ -28,10 +28,10 @@ from prefect.client.schemas.filters import (
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
-from tasks.limits import RATE_LIMITS, ensure_rate_limits
+from tasks.limits import ensure_rate_limit, set_limit
+from tasks.logs import run_id
 from tasks.market.calendars import MARKETS, as_utc, last_closed_session
 from tasks.market.quality import Issue
-from tasks.market.writes import run_id
 from tasks.params import AtLeastOne, MarketCode, NonNegative, PastDate, Ratio, Seconds
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
@@ -56,13 +56,12 @@ def split(symbols: list[str], per_child: int) -> list[list[str]]:
 
 def child_limits(base: str, parallel: int) -> list[str]:
     """base-1..base-N: copies of base's rate (as now set on the server), one per wave slot."""
-    ensure_rate_limits({base: RATE_LIMITS.get(base, RATE_LIMITS["yahoo"])})
+    ensure_rate_limit(base)
     with get_client(sync_client=True) as client:
         limit = client.read_global_concurrency_limit_by_name(base)
     names = [f"{base}-{i}" for i in range(1, parallel + 1)]
-    ensure_rate_limits(
-        {n: (limit.limit, limit.slot_decay_per_second) for n in names}, overwrite=True
-    )
+    for name in names:
+        set_limit(name, limit.limit, limit.slot_decay_per_second)
     return names
 
 
@@ -80,7 +79,7 @@ def ingest_market_prices(
     max_failed_ratio: Ratio = 0.2,
     as_of: dt.datetime | None = None,
     backoff_s: Seconds = 2.0,
-    rate_limit: str | None = "yahoo",
+    rate_limit: str = "yahoo",
     rate_limit_per_child: bool = True,
     poll_interval_s: Seconds = 10.0,
 ) -> dict:
@@ -106,14 +105,14 @@ def ingest_market_prices(
     deployment = child_deployment or f"{market.lower()}-prices/{market.lower()}-prices"
     limits = (
         child_limits(rate_limit, min(parallel, len(parts)))
-        if rate_limit and rate_limit_per_child
+        if rate_limit_per_child
         else [rate_limit] * parallel
     )
     slots: queue.Queue = queue.Queue()
     for name in limits:
         slots.put(name)
     gate = f"{market.lower()}-prices-children"
-    ensure_rate_limits({gate: (parallel, 0.0)}, overwrite=True)
+    set_limit(gate, parallel)
     logger.info(
         "%d symbols in %d child runs of %s, %d at once",
         len(symbols),

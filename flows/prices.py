@@ -16,7 +16,8 @@ from prefect.artifacts import (
 )
 
 from tasks.health.freshness import emit_freshness, freshness
-from tasks.limits import RATE_LIMITS, ensure_rate_limits
+from tasks.limits import ensure_rate_limit
+from tasks.logs import run_id
 from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
 from tasks.market.quality import Issue, stale_symbols
 from tasks.market.writes import (
@@ -24,7 +25,6 @@ from tasks.market.writes import (
     SymbolReport,
     follow_rebases,
     instrument_symbols,
-    run_id,
     write_chunk,
 )
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
@@ -67,7 +67,7 @@ def ingest_us_prices(
     as_of: dt.datetime | None = None,
     backoff_s: Seconds = 2.0,
     universe: UniverseName | None = None,
-    rate_limit: RateLimitName | None = "yahoo",
+    rate_limit: RateLimitName = "yahoo",
 ) -> dict:
     """Bring a US universe's daily bars (symbols, else the stored members of universe, else of
     the configured one, else flows/universes/us.txt) up to the last NYSE session."""
@@ -97,7 +97,7 @@ def ingest_kr_prices(
     as_of: dt.datetime | None = None,
     backoff_s: Seconds = 2.0,
     universe: UniverseName | None = None,
-    rate_limit: RateLimitName | None = "yahoo",
+    rate_limit: RateLimitName = "yahoo",
 ) -> dict:
     """Bring a KOSPI/KOSDAQ universe's daily bars (as us-prices picks them; the text file is
     flows/universes/kr.txt) up to the last KRX session."""
@@ -127,7 +127,7 @@ def ingest_prices(
     as_of: dt.datetime | None,
     backoff_s: float,
     universe: str | None = None,
-    rate_limit: str | None = "yahoo",
+    rate_limit: str = "yahoo",
 ) -> dict:
     """The job both flows run: plan by calendar, fetch and write chunk by chunk, report."""
     logger = get_run_logger()
@@ -174,8 +174,7 @@ def ingest_prices(
         through,
         sum(p.backfill for p in plans),
     )
-    if rate_limit:  # a child of market-prices has a limit of its own (flows/market.py)
-        ensure_rate_limits({rate_limit: RATE_LIMITS.get(rate_limit, RATE_LIMITS["yahoo"])})
+    ensure_rate_limit(rate_limit)  # a child of market-prices has a limit of its own
     chunks = chunk_plans(plans, chunk_size)
     progress = (
         create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")

@@ -15,32 +15,46 @@ RATE_LIMITS: dict[str, tuple[int, float]] = {
 }
 
 
-def ensure_rate_limits(
-    limits: dict[str, tuple[int, float]] | None = None, *, overwrite: bool = False
-) -> None:
-    """Create the limits missing on the Prefect server; overwrite=True also resets existing ones.
+def ensure_rate_limits(*, overwrite: bool = False) -> None:
+    """Create the limits of RATE_LIMITS missing on the Prefect server; overwrite=True also
+    resets existing ones.
 
     Runs call this without overwrite, so a rate an operator tuned in the UI stays as tuned;
-    the bootstrap (and tests that need a fast limit) overwrite.
+    the bootstrap overwrites.
     """
-    from prefect.exceptions import ObjectNotFound
-
     with get_client(sync_client=True) as client:
-        for name, (slots, decay) in (limits or RATE_LIMITS).items():
-            if not overwrite:
-                try:
-                    client.read_global_concurrency_limit_by_name(name)
-                    continue
-                except ObjectNotFound:
-                    pass
-            client.upsert_global_concurrency_limit_by_name(
-                name, limit=slots, slot_decay_per_second=decay
-            )
+        for name, (slots, decay) in RATE_LIMITS.items():
+            _apply(client, name, slots, decay, overwrite)
 
 
 def ensure_rate_limit(name: str) -> None:
-    """Create the named limit with its default rate if it does not exist yet."""
-    ensure_rate_limits({name: RATE_LIMITS[name]})
+    """Create the named limit if it does not exist yet, at its rate in RATE_LIMITS.
+
+    A name the code does not list is a price run's own Yahoo budget (market-prices gives each
+    child one: yahoo-1, yahoo-2, ...): it starts at Yahoo's rate.
+    """
+    slots, decay = RATE_LIMITS.get(name, RATE_LIMITS["yahoo"])
+    with get_client(sync_client=True) as client:
+        _apply(client, name, slots, decay, overwrite=False)
+
+
+def set_limit(name: str, slots: int, per_second: float = 0.0) -> None:
+    """Create or reset a global limit: slots at once, freed per_second (0: when released),
+    as an operator sets one in the UI."""
+    with get_client(sync_client=True) as client:
+        _apply(client, name, slots, per_second, overwrite=True)
+
+
+def _apply(client, name: str, slots: int, decay: float, overwrite: bool) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    if not overwrite:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+            return
+        except ObjectNotFound:
+            pass
+    client.upsert_global_concurrency_limit_by_name(name, limit=slots, slot_decay_per_second=decay)
 
 
 def polite(name: str, timeout_s: float | None = 600, occupy: int = 1) -> None:

@@ -1,4 +1,4 @@
-"""The logger a task should use: the run's own inside a Prefect run, a plain one outside."""
+"""Which run this is: the logger a task should use and the id rows are stamped with."""
 
 from __future__ import annotations
 
@@ -15,3 +15,11 @@ def run_logger(fallback: str = "investflow") -> logging.Logger | logging.LoggerA
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger(fallback)
+
+
+def run_id() -> str | None:
+    """The flow run's id (also inside its tasks and in a worker's flow-run process); None
+    outside a run (benchmarks, the shell)."""
+    from prefect.runtime import flow_run
+
+    return str(flow_run.get_id() or "") or None

@@ -11,15 +11,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from sqlalchemy.engine import Engine
 
-from tasks.backups.files import utcnow
+from tasks import clock
 from tasks.backups.retention import StoredBackup
+from tasks.logs import run_id
 from tasks.store.schema import backup_catalog
-
-
-def current_flow_run_id() -> str | None:
-    from prefect.runtime import flow_run
-
-    return flow_run.id
 
 
 @task(name="catalog-backup", cache_policy=NONE)
@@ -31,7 +26,7 @@ def record_backup(
     remote_uris: dict[str, str] | None = None,
 ) -> None:
     """One row per tier the new backup landed in; rows of pruned files marked `pruned`."""
-    run_id, remote_uris = current_flow_run_id(), remote_uris or {}
+    flow_run_id, remote_uris = run_id(), remote_uris or {}
     m = stored.manifest
     tdir = stored.backup.data.parent.parent
     rows = [
@@ -46,17 +41,17 @@ def record_backup(
             "started_at": dt.datetime.fromisoformat(m["started_at"]),
             "finished_at": dt.datetime.fromisoformat(m["finished_at"]),
             "remote_uri": remote_uris.get(tier),
-            "flow_run_id": run_id,
+            "flow_run_id": flow_run_id,
             "detail": {k: v for k, v in m.items() if k not in ("file", "sha256", "size_bytes")},
         }
         for tier in stored.tiers
     ]
     with engine.begin() as conn:
         conn.execute(backup_catalog.insert(), rows)
-        mark_pruned(conn, kind, target, [p.data for p in stored.pruned], run_id)
+        mark_pruned(conn, kind, target, [p.data for p in stored.pruned], flow_run_id)
 
 
-def mark_pruned(conn, kind: str, target: str, paths: list[Path], run_id: str | None) -> None:
+def mark_pruned(conn, kind: str, target: str, paths: list[Path], flow_run_id: str | None) -> None:
     for path in paths:
         updated = conn.execute(
             backup_catalog.update()
@@ -71,8 +66,8 @@ def mark_pruned(conn, kind: str, target: str, paths: list[Path], run_id: str | N
                     path=str(path),
                     tier=path.parent.name,
                     status="pruned",
-                    finished_at=utcnow(),
-                    flow_run_id=run_id,
+                    finished_at=clock.now(),
+                    flow_run_id=flow_run_id,
                 )
             )
 
@@ -89,9 +84,9 @@ def record_failure(
                 target=target,
                 status="failed",
                 started_at=started_at,
-                finished_at=utcnow(),
+                finished_at=clock.now(),
                 detail={"error": error[:4000]},
-                flow_run_id=current_flow_run_id(),
+                flow_run_id=run_id(),
             )
         )
 
@@ -107,7 +102,7 @@ def record_verification(
     started_at: dt.datetime,
 ) -> None:
     """A verification row, and verified_at stamped on the backup rows of that file."""
-    now = utcnow()
+    now = clock.now()
     with engine.begin() as conn:
         conn.execute(
             backup_catalog.insert().values(
@@ -120,7 +115,7 @@ def record_verification(
                 finished_at=now,
                 verified_at=now if ok else None,
                 detail=detail,
-                flow_run_id=current_flow_run_id(),
+                flow_run_id=run_id(),
             )
         )
         if ok:
@@ -145,7 +140,7 @@ def newest_verified(engine: Engine) -> list[dict]:
         .where(backup_catalog.c.kind == "verify", backup_catalog.c.status == "verified")
         .group_by(backup_catalog.c.target)
     )
-    now = utcnow()
+    now = clock.now()
     with engine.connect() as conn:
         rows = conn.execute(query).all()
     out = []

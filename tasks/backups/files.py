@@ -13,10 +13,11 @@ import json
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tasks import clock
 
 CHUNK = 1 << 20  # 1 MiB: streamed, so a dump of any size costs the same memory
 TIERS = ("daily", "weekly", "monthly")
@@ -54,10 +55,6 @@ class BackupSet:
     @property
     def complete(self) -> bool:
         return self.manifest.exists()
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def stamp(moment: dt.datetime) -> str:
@@ -140,15 +137,20 @@ def new_data_path(tdir: Path, name: str, moment: dt.datetime, suffix: str) -> Pa
     return tdir / "daily" / f"{safe}-{stamp(moment)}{suffix}"
 
 
-def fresh_data_path(tdir: Path, name: str, suffix: str, now: dt.datetime | None = None) -> Path:
-    """A daily path no backup uses yet; names have 1 s resolution, so wait out a clash."""
+def fresh_data_path(tdir: Path, name: str, suffix: str) -> Path:
+    """A daily path no backup uses yet; names have 1 s resolution, so wait out a clash.
+
+    A clock that does not move on (set back, or stopped) would clash forever: after a few
+    seconds the clash is an error that names the file.
+    """
+    deadline = clock.monotonic() + 3
     while True:
-        path = new_data_path(tdir, name, now or utcnow(), suffix)
+        path = new_data_path(tdir, name, clock.now(), suffix)
         if not path.exists() and not manifest_path(path).exists():
             return path
-        if now is not None:
+        if clock.monotonic() > deadline:
             raise BackupError(f"a backup named {path.name} already exists")
-        time.sleep(0.2)
+        clock.sleep(0.2)
 
 
 def list_sets(tdir: Path, tier: str) -> list[BackupSet]:

@@ -54,7 +54,7 @@ def missing_values(observations: pd.DataFrame) -> list[Issue]:
 # --------------------------------------------------------------------------- thin I/O
 
 
-def read_stored(engine: Engine, ids: list[str]) -> dict[str, StoredSeries]:
+def stored_series(engine: Engine, ids: list[str]) -> dict[str, StoredSeries]:
     """The stored version, first observation and vintage presence of each series."""
     s, o, v = macro_series.c, macro_observations.c, macro_vintages.c
     with engine.connect() as conn:

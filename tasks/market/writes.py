@@ -9,8 +9,8 @@ import pandas as pd
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
+from tasks.logs import run_id
 from tasks.market.calendars import Fetch, Market, sessions_between
 from tasks.market.quality import Issue, calendar_issues, check_prices
 from tasks.market.rebase import find_rebases, first_dates, read_stored, replace_symbols
@@ -52,10 +52,6 @@ class StoreConnectionLost(RuntimeError):
     """The market store went away mid-write (a restart, a crash): worth a retry, safe to rerun."""
 
     connection_lost = True
-
-
-def run_id() -> str | None:
-    return str(flow_run.get_id() or "") or None
 
 
 def instrument_symbols(engine, symbols: list[str]) -> set[str]:

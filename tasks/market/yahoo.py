@@ -193,12 +193,11 @@ def fetch_symbol(
     tz: str,
     base_url: str,
     timeout_s: float,
-    rate_limit: str | None,
+    rate_limit: str,
     ca_bundle: str | None = None,
 ) -> History:
     """One symbol's chart request, after a slot of rate_limit; retried when transient."""
-    if rate_limit:
-        polite(rate_limit)
+    polite(rate_limit)
     return fetch_history(symbol, start, end, tz, yahoo_session(base_url, ca_bundle), timeout_s)
 
 
@@ -221,7 +220,7 @@ def fetch_chunk(
     base_url: str,
     timeout_s: float = 30.0,
     backoff_s: float = 2.0,
-    rate_limit: str | None = "yahoo",
+    rate_limit: str = "yahoo",
     workers: int = 2,
     ca_bundle: str | None = None,
 ) -> ChunkResult:
@@ -254,12 +253,10 @@ def fetch_chunk(
     # decides the pace. Results are taken in order, so a throttled symbol stops the rest.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yahoo") as pool:
         futures = []
-        blocks = slot_blocks(rate_limit, len(plans)) if rate_limit else [len(plans)]
-        for block in blocks:
+        for block in slot_blocks(rate_limit, len(plans)):
             if any(f.done() and isinstance(f.exception(), YahooThrottled) for _, f in futures):
                 break  # Yahoo is throttling us: ask for nothing more
-            if rate_limit:
-                polite(rate_limit, occupy=block)
+            polite(rate_limit, occupy=block)
             for plan in plans[len(futures) : len(futures) + block]:
                 # Each thread runs in a copy of this task's context, so its fetch-symbol runs
                 # are children of this one (as Prefect's own thread pool task runner does it).

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from uuid import UUID
 
+from deployments import processes as procs  # imports no Prefect
 from tasks.backups.redis.restore import free_port  # imports no Prefect
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,22 +60,18 @@ def worker(
     wrap: Callable[[list[str]], list[str]] | None = None,
     kind: str = "process",
 ) -> Iterator[subprocess.Popen]:
-    """A worker of kind (process, ecs, docker) serving pool until the block ends.
+    """A worker of kind (process, ecs, docker) serving pool until the block ends, started as
+    `make up` starts its workers (deployments/local_stack.py).
 
     limit: at most this many runs at once (`--limit`, as the systemd units pass it); wrap: what
     starts the command (a memory cgroup, tests/deployments/cgroup.py).
     """
+    from deployments.local_stack import worker_command
+
     log = open(log_dir / f"worker-{pool}.log", "wb")
-    args = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", kind]
-    args += ["--name", f"test-{pool}"] + (["--limit", str(limit)] if limit else [])
-    proc = subprocess.Popen(
-        wrap(args) if wrap else args,
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    args = worker_command(pool, f"test-{pool}", kind, limit)
+    # As make up starts it (deployments/processes.py), without recording it in .prefect/pids.
+    proc = procs.spawn(wrap(args) if wrap else args, env, log)
     try:
         yield proc
     finally:

@@ -42,7 +42,7 @@ def restart_sec() -> float:
 def restarts(request, tmp_path_factory):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
     from tasks.store.engine import migrate
 
     home = tmp_path_factory.mktemp(f"restart-{request.param}")
@@ -69,7 +69,7 @@ def restarts(request, tmp_path_factory):
                 **yahoo.env(),
             )
             with temporary_settings({PREFECT_API_URL: server.api_url}):
-                ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
+                set_limit("yahoo", 1, 200.0)
                 stack.run([str(stack.BIN / "python"), "-m", "deployments.bootstrap", "--local",
                            "pools"], env)  # fmt: skip
                 stack.apply_alerts(env, webhook.url + "/api/webhooks/1/alert-token")

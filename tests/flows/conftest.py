@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.limits import ensure_rate_limits
+from tasks.limits import set_limit
 from tests.fakes.listings import FakeListings
 from tests.fakes.yahoo import FakeYahoo
 
@@ -12,7 +12,7 @@ from tests.fakes.yahoo import FakeYahoo
 @pytest.fixture
 def yahoo(pg_engine, monkeypatch):
     """The stand-in, set as the flows' Yahoo, with a fast rate limit so tests take seconds."""
-    ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
+    set_limit("yahoo", 1, 200.0)
     with FakeYahoo() as fake:
         for name, value in fake.env().items():
             monkeypatch.setenv(name, value)

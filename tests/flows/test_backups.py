@@ -85,7 +85,7 @@ def test_backups_land_offsite_with_matching_checksums_and_remote_retention_follo
 ):
     for _ in range(3):
         backup_postgres(keep_daily=2, keep_weekly=1)
-    backup_redis(keep_daily=2, keep_weekly=1)
+    redis_run = backup_redis(keep_daily=2, keep_weekly=1, return_state=True)
 
     files = local_files(env)
     pg_daily = [f for f in files if f.startswith("postgres/") and "/daily/" in f]
@@ -103,7 +103,11 @@ def test_backups_land_offsite_with_matching_checksums_and_remote_retention_follo
     assert len(ok) == 2 + 1 and len(pruned) == 1  # daily x2 + weekly; the oldest daily pruned
     assert all(r["remote_uri"].startswith("s3://investflow-backups-test/investflow/") for r in ok)
     assert ok[0]["detail"]["row_counts"] == {"public.prices": 5000}
-    assert catalog_rows(pg_engine, kind="redis", status="ok")
+    redis_rows = catalog_rows(pg_engine, kind="redis", status="ok")
+    # Each row names the run that wrote it, so the UI's run page and the catalog meet.
+    assert redis_rows and {r["flow_run_id"] for r in redis_rows} == {
+        str(redis_run.state_details.flow_run_id)
+    }
 
     rows = verify_backups()
     assert {r["result"] for r in rows} == {"ok"}

@@ -22,7 +22,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows.backups import backup_postgres
 from flows.prices import ingest_us_prices
-from tasks.limits import ensure_rate_limits
+from tasks.limits import set_limit
 from tasks.store.engine import get_engine, migrate
 from tasks.store.schema import backup_catalog, metadata
 from tests import datanode
@@ -52,7 +52,7 @@ def new_store(cluster) -> str:
 
 @pytest.fixture
 def yahoo(monkeypatch):
-    ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
+    set_limit("yahoo", 1, 200.0)
     with FakeYahoo() as fake:
         for name, value in fake.env().items():
             monkeypatch.setenv(name, value)

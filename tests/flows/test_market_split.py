@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from flows.listings import refresh_universes
 from flows.market import split
-from tasks.limits import ensure_rate_limits
+from tasks.limits import set_limit
 from tests.deployments import stack
 
 pytestmark = pytest.mark.integration
@@ -68,7 +68,7 @@ def test_nine_thousand_symbols_in_child_runs_none_twice_none_missed(
 
     # The rate limit as good as off (its slots taken a chunk at a time), as the children's
     # copies of it are: this measures nothing of the polite rate, only that the split is whole.
-    ensure_rate_limits({"yahoo": (1000, 1000.0)}, overwrite=True)
+    set_limit("yahoo", 1000, 1000.0)
     refresh_universes.with_options(retries=0)(
         names=["nasdaq", "nyse"], as_of=FRI.date(), retry_delay_s=0.01
     )

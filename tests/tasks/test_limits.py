@@ -4,26 +4,50 @@ import uuid
 
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
 
-from tasks.limits import ensure_rate_limits
+from tasks.limits import RATE_LIMITS, ensure_rate_limit, ensure_rate_limits
 
 pytestmark = pytest.mark.integration
 
 
-def decay_of(name: str) -> float:
+def read(name: str):
     with get_client(sync_client=True) as client:
-        return client.read_global_concurrency_limit_by_name(name).slot_decay_per_second
+        return client.read_global_concurrency_limit_by_name(name)
+
+
+def delete(name: str) -> None:
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            pass
 
 
 def test_a_run_creates_a_missing_limit_but_keeps_a_tuned_one():
-    name = f"test-limit-{uuid.uuid4().hex[:8]}"
-    ensure_rate_limits({name: (1, 2.0)})
-    assert decay_of(name) == 2.0
-    with get_client(sync_client=True) as client:  # an operator slows it down in the UI
-        client.upsert_global_concurrency_limit_by_name(name, limit=1, slot_decay_per_second=0.5)
-    ensure_rate_limits({name: (1, 2.0)})
-    assert decay_of(name) == 0.5
-    ensure_rate_limits({name: (1, 2.0)}, overwrite=True)  # the bootstrap applies the code's
-    assert decay_of(name) == 2.0
-    with get_client(sync_client=True) as client:
-        client.delete_global_concurrency_limit_by_name(name)
+    # The real `fred` limit, as a fresh server has none of it.
+    delete("fred")
+    try:
+        ensure_rate_limit("fred")  # what the macro run calls first
+        assert read("fred").slot_decay_per_second == RATE_LIMITS["fred"][1]
+        with get_client(sync_client=True) as client:  # an operator slows it down in the UI
+            client.upsert_global_concurrency_limit_by_name(
+                "fred", limit=1, slot_decay_per_second=0.5
+            )
+        ensure_rate_limit("fred")
+        ensure_rate_limits()
+        assert read("fred").slot_decay_per_second == 0.5
+        ensure_rate_limits(overwrite=True)  # the bootstrap applies the code's
+        assert read("fred").slot_decay_per_second == RATE_LIMITS["fred"][1]
+    finally:
+        ensure_rate_limits(overwrite=True)
+
+
+def test_a_price_runs_own_limit_starts_at_yahoos_rate():
+    name = f"yahoo-test-{uuid.uuid4().hex[:8]}"  # as market-prices names its children's
+    try:
+        ensure_rate_limit(name)
+        limit = read(name)
+        assert (limit.limit, limit.slot_decay_per_second) == RATE_LIMITS["yahoo"]
+    finally:
+        delete(name)

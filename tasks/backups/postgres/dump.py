@@ -12,18 +12,8 @@ from pathlib import Path
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.backups.files import (
-    BackupConnectionLost,
-    BackupError,
-    clear_partials,
-    ensure_free_space,
-    estimate_size,
-    fresh_data_path,
-    partial_path,
-    target_dir,
-    target_lock,
-    utcnow,
-)
+from tasks import clock
+from tasks.backups.files import BackupConnectionLost, BackupError
 from tasks.backups.postgres.target import (
     LOCK_TIMEOUT_S,
     PgTarget,
@@ -33,7 +23,8 @@ from tasks.backups.postgres.target import (
     drain_stderr,
     stderr_message,
 )
-from tasks.backups.retention import StoredBackup, store_backup
+from tasks.backups.retention import StoredBackup
+from tasks.backups.take import take_backup
 from tasks.logs import run_logger
 from tasks.retries import connection_lost, retry_when
 
@@ -153,7 +144,7 @@ def pg_dump(
     """
     import psycopg
 
-    started = utcnow()
+    started = clock.now()
     with connect(target, autocommit=True) as conn:
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -207,7 +198,7 @@ def pg_dump(
         server_version=server_version,
         pg_dump_version=tool_version("pg_dump"),
         started_at=started,
-        finished_at=utcnow(),
+        finished_at=clock.now(),
         snapshot=snapshot,
     )
 
@@ -227,43 +218,39 @@ def backup_database(
     root: Path,
     keep: dict[str, int],
     *,
-    now: dt.datetime | None = None,
     max_bytes: int | None = None,
     lock_timeout_s: int = LOCK_TIMEOUT_S,
 ) -> StoredBackup:
     """Dump one database into <root>/postgres/<db>/, then checksum, manifest, tiers, prune."""
     logger = run_logger()
-    tdir = target_dir(root, "postgres", target.dbname)
-    with target_lock(tdir):
-        clear_partials(tdir)
-        ensure_free_space(tdir, estimate_size(tdir))
-        final = fresh_data_path(tdir, target.dbname, ".dump", now)
-        partial = partial_path(final)
+
+    def dump(partial: Path, final: Path) -> dict:
         logger.info("Dumping %s to %s", target.label, final)
         try:
-            dump = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
+            dumped = pg_dump(target, partial, max_bytes=max_bytes, lock_timeout_s=lock_timeout_s)
         except OSError as exc:
             raise BackupError(f"pg_dump of {target.label} failed: {exc}") from None
         except Exception as exc:
             if isinstance(exc, BackupError) or not connection_lost(exc):
                 raise
             raise lost_mid_dump(target, str(exc)) from None
-        manifest = {
+        return {
             "kind": "postgres",
             "database": target.dbname,
             "target": target.label,
             "format": "pg_dump custom (-Fc)",
-            "server_version": dump.server_version,
-            "pg_dump_version": dump.pg_dump_version,
-            "started_at": dump.started_at.isoformat(),
-            "finished_at": dump.finished_at.isoformat(),
-            "row_counts": dump.row_counts,
+            "server_version": dumped.server_version,
+            "pg_dump_version": dumped.pg_dump_version,
+            "started_at": dumped.started_at.isoformat(),
+            "finished_at": dumped.finished_at.isoformat(),
+            "row_counts": dumped.row_counts,
         }
-        stored = store_backup(partial, final, manifest, tdir, keep)
+
+    stored = take_backup(root, "postgres", target.dbname, ".dump", keep, dump)
     logger.info(
         "Backed up %s: %s (%s bytes, sha256 %s); pruned %d",
         target.label,
-        final.name,
+        stored.backup.data.name,
         stored.size_bytes,
         stored.sha256,
         len(stored.pruned),

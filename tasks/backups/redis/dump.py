@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
 import shutil
@@ -14,19 +13,11 @@ from urllib.parse import unquote
 from prefect import task
 from prefect.cache_policies import NONE
 
-from tasks.backups.files import (
-    BackupError,
-    clear_partials,
-    ensure_free_space,
-    estimate_size,
-    fresh_data_path,
-    partial_path,
-    target_dir,
-    target_lock,
-    utcnow,
-)
+from tasks import clock
+from tasks.backups.files import BackupError
 from tasks.backups.redis.target import RedisTarget, parse_keyspace
-from tasks.backups.retention import StoredBackup, store_backup
+from tasks.backups.retention import StoredBackup
+from tasks.backups.take import take_backup
 from tasks.logs import run_logger
 
 
@@ -144,23 +135,18 @@ def backup_redis_server(
     keep: dict[str, int],
     *,
     method: str = "auto",
-    now: dt.datetime | None = None,
 ) -> StoredBackup:
     """Snapshot one Redis server into <root>/redis/<host_port>/, then checksum and prune."""
     logger = run_logger()
-    tdir = target_dir(root, "redis", target.label)
-    started = utcnow()
+    started = clock.now()
     client = target.client()
     try:
         server = client.info("server")
         keyspace = parse_keyspace(client.info("keyspace"))
     except Exception as exc:  # noqa: BLE001 - redis-py's message has host:port, not secrets
         raise BackupError(f"cannot reach Redis {target.label}: {exc}") from None
-    with target_lock(tdir):
-        clear_partials(tdir)
-        ensure_free_space(tdir, estimate_size(tdir))
-        final = fresh_data_path(tdir, target.label, ".rdb", now)
-        partial = partial_path(final)
+
+    def dump(partial: Path, final: Path) -> dict:
         source = rdb_path(client) if method != "rdb-cli" and target.is_local else None
         try:
             if source is not None:
@@ -173,31 +159,28 @@ def backup_redis_server(
                 how = "redis-cli --rdb"
             checked = check_rdb(partial)
         except OSError as exc:
-            partial.unlink(missing_ok=True)
             raise BackupError(f"copying the RDB of {target.label} failed: {exc}") from None
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        manifest = {
+        return {
             "kind": "redis",
             "target": target.label,
             "method": how,
             "redis_version": server.get("redis_version"),
             "started_at": started.isoformat(),
-            "finished_at": utcnow().isoformat(),
+            "finished_at": clock.now().isoformat(),
             "dbsize_before": keyspace,
             # Exact when redis-check-rdb read the file; else DBSIZE just before the save.
             "keys": checked["keys"] if checked else sum(keyspace.values()),
             "keys_source": "redis-check-rdb" if checked else "dbsize",
             "rdb_check": checked,
         }
-        stored = store_backup(partial, final, manifest, tdir, keep)
+
+    stored = take_backup(root, "redis", target.label, ".rdb", keep, dump)
     logger.info(
         "Backed up Redis %s via %s: %s (%s keys, sha256 %s); pruned %d",
         target.label,
-        how,
-        final.name,
-        manifest["keys"],
+        stored.manifest["method"],
+        stored.backup.data.name,
+        stored.manifest["keys"],
         stored.sha256,
         len(stored.pruned),
     )

@@ -189,7 +189,7 @@ def test_us_prices_inside_the_ingestion_image_at_a_quarter_cpu_equals_a_process_
     shape, pg_admin_url, monkeypatch
 ):
     from flows.prices import ingest_us_prices
-    from tasks.limits import ensure_rate_limits
+    from tasks.limits import set_limit
     from tasks.store.engine import get_engine, migrate
 
     runs = {}
@@ -213,7 +213,7 @@ def test_us_prices_inside_the_ingestion_image_at_a_quarter_cpu_equals_a_process_
     process_url = create_database(pg_admin_url)
     try:
         migrate(process_url)
-        ensure_rate_limits({"yahoo": (1, 200.0)}, overwrite=True)
+        set_limit("yahoo", 1, 200.0)
         monkeypatch.setenv("INVESTFLOW_DATABASE_URL", process_url)
         for name, value in shape["yahoo"].env().items():
             monkeypatch.setenv(name, value)

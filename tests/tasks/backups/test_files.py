@@ -13,6 +13,7 @@ from tasks.backups.files import (
     BackupSet,
     clear_partials,
     ensure_free_space,
+    fresh_data_path,
     list_sets,
     new_data_path,
     partial_path,
@@ -70,3 +71,15 @@ def test_a_second_backup_of_the_same_target_is_refused_while_one_runs(tmp_path):
         with pytest.raises(BackupError, match="another backup"):
             with target_lock(tdir):
                 pass
+
+
+def test_a_new_backup_waits_out_a_name_clash_and_fails_if_the_clock_does_not_move(
+    tmp_path, take_backup
+):
+    tdir = target_dir(tmp_path, "postgres", "market")
+    moment = dt.datetime(2026, 5, 5, 3, 30, tzinfo=dt.UTC)
+    first = take_backup(tdir, moment, b"first")
+    assert first.backup.taken_at == moment  # named by the clock the code reads (tasks/clock.py)
+    # The same second again, and a clock that stays there: an error naming the file, not a hang.
+    with pytest.raises(BackupError, match=f"{first.backup.data.name} already exists"):
+        fresh_data_path(tdir, "market", ".dump")

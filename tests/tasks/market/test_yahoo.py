@@ -9,6 +9,7 @@ from curl_cffi import requests as curl_requests
 from yfinance._http import new_session
 from yfinance.exceptions import YFPricesMissingError, YFRateLimitError
 
+from tasks.limits import set_limit
 from tasks.market.frames import to_frames
 from tasks.market.yahoo import (
     YAHOO_HOSTS,
@@ -29,6 +30,8 @@ NY = "America/New_York"
 
 @pytest.fixture
 def fake():
+    """The stand-in, and the real yahoo rate limit set fast so retries take milliseconds."""
+    set_limit("yahoo", 1, 200.0)
     with FakeYahoo() as server:
         session = yahoo_session(server.url, str(server.ca_file))
         reset_yfinance(session)
@@ -116,7 +119,7 @@ def fetch(fake, symbol, timeout_s=5.0, delay_s=0.01):
     """The fetch-symbol task as fetch_chunk runs it: Prefect's retries, short delays."""
     task = fetch_symbol.with_options(retry_delay_seconds=[delay_s, delay_s * 2])
     return task(
-        symbol, "2024-06-03", "2024-06-15", NY, fake.url, timeout_s, None, str(fake.ca_file)
+        symbol, "2024-06-03", "2024-06-15", NY, fake.url, timeout_s, "yahoo", str(fake.ca_file)
     )
 
 

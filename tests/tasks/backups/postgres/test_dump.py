@@ -16,19 +16,21 @@ pytestmark = pytest.mark.integration
 
 
 def test_a_dump_that_fails_midway_leaves_the_previous_backups_and_no_partial_file(
-    source_db, tmp_path
+    source_db, tmp_path, set_clock
 ):
     target = PgTarget(SecretStr(source_db))
     day = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
-    good = [
-        backup_database(target, tmp_path, KEEP, now=day + dt.timedelta(days=i)) for i in range(2)
-    ]
+    good = []
+    for i in range(2):
+        set_clock(day + dt.timedelta(days=i))
+        good.append(backup_database(target, tmp_path, KEEP))
     tdir = good[0].backup.data.parent.parent
     before = {p: p.read_bytes() for p in tdir.rglob("*") if p.is_file()}
 
     # An 8 KiB quota makes pg_dump's writes fail partway through, as a full disk would.
+    set_clock(day + dt.timedelta(days=9))
     with pytest.raises(BackupError, match=r"pg_dump of .* failed .*File too large"):
-        backup_database(target, tmp_path, KEEP, now=day + dt.timedelta(days=9), max_bytes=8 * 1024)
+        backup_database(target, tmp_path, KEEP, max_bytes=8 * 1024)
 
     after = {p: p.read_bytes() for p in tdir.rglob("*") if p.is_file()}
     assert after == before
