@@ -1,8 +1,10 @@
-"""What a price run tells: its freshness event, progress bar, tables and markdown summary."""
+"""What a price run tells: its freshness event, progress bar, tables and markdown summary;
+and what a market-prices parent tells of its child runs."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict
 
 from prefect import get_run_logger
@@ -11,6 +13,12 @@ from prefect.artifacts import (
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
+)
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
 )
 
 from tasks.health.freshness import emit_freshness, freshness
@@ -113,3 +121,54 @@ def summarize(
         + (": " + ", ".join(sorted(stale)) if stale else ""),
     ]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------- market-prices
+
+
+def child_table(run, key: str) -> list[dict]:
+    """A child run's per-symbol table artifact, if it made one."""
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[key]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            ),
+            limit=1,
+        )
+    if not found:
+        return []
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def child_row(part: list[str], run, table: list[dict]) -> dict:
+    """One child's line: its run, its symbols, and what its table says it did."""
+    return {
+        "child": run.name,
+        "flow_run_id": str(run.id),
+        "state": run.state_name,
+        "symbols": len(part),
+        "first": part[0],
+        "last": part[-1],
+        "fetched": len(table),
+        "failed": sum(r.get("status") == "failed" for r in table),
+        "inserted": sum(r.get("inserted", 0) for r in table),
+    }
+
+
+def publish_market(market: str, through: dt.date, rows: list[dict], behind: list[str]) -> None:
+    """The parent's artifacts: a table of its children and a summary of the market."""
+    create_table_artifact(rows, key=f"{market.lower()}-market-children")
+    bad = [r for r in rows if r["state"] != "Completed"]
+    lines = [
+        f"## {market} market through {through}: {len(rows)} child runs",
+        "",
+        f"- symbols: {sum(r['symbols'] for r in rows)}; completed children "
+        f"{len(rows) - len(bad)} of {len(rows)}",
+        f"- rows inserted {sum(r['inserted'] for r in rows)}; symbols failed "
+        f"{sum(r['failed'] for r in rows)}",
+        f"- behind {through} after the run: {len(behind)}"
+        + (": " + ", ".join(behind[:50]) if behind else ""),
+    ] + [f"- {r['child']}: {r['state']}" for r in bad]
+    create_markdown_artifact("\n".join(lines) + "\n", key=f"{market.lower()}-market-summary")
