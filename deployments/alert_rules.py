@@ -62,7 +62,18 @@ def _notify(block_id, subject: str, body: str) -> SendNotification:
 def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> list:
     """Failed, timed out, crashed past its resubmits, late: one message each, sent by the server."""
     link = _run_link(ui_url)
-    failed_body = "\n".join(
+    return [
+        failed_alert(link),
+        crashed_alert(link),
+        resubmit_rule(),
+        late_alert(link, late_after),
+        zombie_rule(),
+    ]
+
+
+def _run_ended(link: str) -> SendNotification:
+    """The message of a run that ended badly: where, which state, its message, its pool."""
+    body = "\n".join(
         [
             f"Flow run {{{{ flow_run.name }}}} of {_WHERE} ended {_STATE}"
             " (attempt {{ event.resource['prefect.run-count'] }}).",
@@ -71,8 +82,12 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             f"Run: {link}",
         ]
     )
-    subject = f"investflow: {_WHERE} {_STATE}"
-    failed = AutomationCore(
+    return _notify(None, f"investflow: {_WHERE} {_STATE}", body)
+
+
+def failed_alert(link: str) -> AutomationCore:
+    """Any run that ends Failed or TimedOut: one message."""
+    return AutomationCore(
         name=PREFIX + "alert on a failed or timed-out run",
         description="Any flow run that ends Failed or TimedOut posts one message (flow, "
         "deployment, state, state message, link) to the investflow-alerts block.",
@@ -83,9 +98,13 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             posture=Posture.Reactive,
             threshold=1,
         ),
-        actions=[_notify(None, subject, failed_body)],
+        actions=[_run_ended(link)],
     )
-    crashed = AutomationCore(
+
+
+def crashed_alert(link: str) -> AutomationCore:
+    """A run that Crashed and will not be resubmitted (never started, or out of resubmits)."""
+    return AutomationCore(
         name=PREFIX + "alert on a crashed run that will not be resubmitted",
         description=f"A run that Crashed before it started, or again after {RESUBMITS} "
         "resubmits, posts one message to the investflow-alerts block.",
@@ -100,9 +119,13 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             posture=Posture.Reactive,
             threshold=1,
         ),
-        actions=[_notify(None, subject, failed_body)],
+        actions=[_run_ended(link)],
     )
-    resubmit = AutomationCore(
+
+
+def resubmit_rule() -> AutomationCore:
+    """A run whose infrastructure died is scheduled again, at most RESUBMITS times."""
+    return AutomationCore(
         name=PREFIX + "resubmit a crashed run",
         description=f"The infrastructure died under a run (Spot interruption, OOM kill, "
         f"reboot): schedule the same run again, at most {RESUBMITS} times; after that the "
@@ -127,9 +150,13 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             )
         ],
     )
+
+
+def late_alert(link: str, late_after: dt.timedelta = LATE_AFTER) -> AutomationCore:
+    """A scheduled run still not started late_after after it went Late: one message."""
     seconds = int(late_after.total_seconds())
     minutes = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
-    late = AutomationCore(
+    return AutomationCore(
         name=PREFIX + f"alert on a run late for {minutes}",
         description=f"A scheduled run that has not started {minutes} after it went "
         "Late (no worker polls its pool, or the pool is full) posts its deployment and pool.",
@@ -168,7 +195,6 @@ def run_alerts(block_id, ui_url: str, late_after: dt.timedelta = LATE_AFTER) -> 
             )
         ],
     )
-    return [failed, crashed, resubmit, late, zombie_rule()]
 
 
 def zombie_rule(within: dt.timedelta = ZOMBIE_AFTER) -> AutomationCore:

@@ -18,13 +18,7 @@ import queue
 from concurrent.futures import ThreadPoolExecutor
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
-)
 from prefect.concurrency.sync import concurrency
 from prefect.deployments import run_deployment
 
@@ -32,10 +26,11 @@ from tasks.limits import ensure_rate_limit, set_limit
 from tasks.logs import run_id
 from tasks.market.calendars import MARKETS, as_utc, last_closed_session
 from tasks.market.quality import Issue
+from tasks.market.report import child_row, child_table, publish_market
+from tasks.market.writes import record_issues
 from tasks.params import AtLeastOne, MarketCode, NonNegative, PastDate, Ratio, Seconds
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
-from tasks.store.ledger import record_flags
 from tasks.store.upsert import latest_dates
 from tasks.universes.membership import fetch_list
 
@@ -65,6 +60,13 @@ def child_limits(base: str, parallel: int) -> list[str]:
     return names
 
 
+def wave_limits(base: str, per_child: bool, parallel: int, parts: int) -> list:
+    """The rate limit of each wave slot: a copy of base each, or base shared by all."""
+    if per_child:
+        return child_limits(base, min(parallel, parts))
+    return [base] * parallel
+
+
 # Two hours: even with one shared budget (~38 min at 4/s) the market fits with room.
 @flow(name="market-prices", timeout_seconds=2 * 3600)
 def ingest_market_prices(
@@ -84,42 +86,59 @@ def ingest_market_prices(
     poll_interval_s: Seconds = 10.0,
 ) -> dict:
     """Bring every stored member of the market's listings up to date, in child runs."""
-    logger = get_run_logger()
     settings = get_settings()
     engine = engine_from_settings(settings)
-    names = universes or LISTINGS[market]
     now = as_utc(as_of)
+    symbols = market_members(engine, universes or LISTINGS[market], now.date(), settings)
+    parts = split(symbols, per_child)
+    deployment = child_deployment or f"{market.lower()}-prices/{market.lower()}-prices"
+    limits = wave_limits(rate_limit, rate_limit_per_child, parallel, len(parts))
+    gate = f"{market.lower()}-prices-children"
+    set_limit(gate, parallel)
+    log = "%d symbols in %d child runs of %s, %d at once"
+    get_run_logger().info(log, len(symbols), len(parts), deployment, parallel)
+    # What every child is asked besides its symbols and its rate limit.
+    asked = {
+        "start": str(start) if start else None,
+        "lookback_sessions": lookback_sessions,
+        "chunk_size": chunk_size,
+        "max_failed_ratio": max_failed_ratio,
+        "as_of": now.isoformat(),
+        "backoff_s": backoff_s,
+    }
+    runs = run_children(deployment, parts, asked, limits, gate, parallel, poll_interval_s)
+    return summarize(market, engine, now, parts, runs)
+
+
+def market_members(engine, names: list[str], day: dt.date, settings) -> list[str]:
+    """Every symbol the listings hold on day, leavers in their grace period flagged once."""
     symbols: set[str] = set()
     leaving: list[Issue] = []
     for name in names:
-        found = fetch_list(engine, name, now.date(), settings.leaver_grace_days)
+        found = fetch_list(engine, name, day, settings.leaver_grace_days)
         if not found["stored"]:
             raise ValueError(f"no membership stored for {name}: run the universes flow first")
         symbols.update(found["fetch"])
         leaving += [
             Issue(s, d, "left_universe", f"left {name} on {d}") for s, d in found["left"].items()
         ]
-    with engine.begin() as conn:
-        record_flags(conn, leaving, "universes", run_id())
-    parts = split(sorted(symbols), per_child)
-    deployment = child_deployment or f"{market.lower()}-prices/{market.lower()}-prices"
-    limits = (
-        child_limits(rate_limit, min(parallel, len(parts)))
-        if rate_limit_per_child
-        else [rate_limit] * parallel
-    )
+    record_issues(engine, leaving, "universes")
+    return sorted(symbols)
+
+
+def run_children(
+    deployment: str,
+    parts: list[list[str]],
+    asked: dict,
+    limits: list[str | None],
+    gate: str,
+    parallel: int,
+    poll_interval_s: float,
+) -> list:
+    """Each part as a run of the deployment, at most parallel at once, each with a free limit."""
     slots: queue.Queue = queue.Queue()
     for name in limits:
         slots.put(name)
-    gate = f"{market.lower()}-prices-children"
-    set_limit(gate, parallel)
-    logger.info(
-        "%d symbols in %d child runs of %s, %d at once",
-        len(symbols),
-        len(parts),
-        deployment,
-        parallel,
-    )
     parent = run_id() or "local"
 
     def child(number: int, part: list[str]):
@@ -128,16 +147,7 @@ def ingest_market_prices(
             try:
                 return run_deployment(
                     deployment,
-                    parameters={
-                        "symbols": part,
-                        "start": str(start) if start else None,
-                        "lookback_sessions": lookback_sessions,
-                        "chunk_size": chunk_size,
-                        "max_failed_ratio": max_failed_ratio,
-                        "as_of": now.isoformat(),
-                        "backoff_s": backoff_s,
-                        "rate_limit": limit,
-                    },
+                    parameters={"symbols": part, **asked, "rate_limit": limit},
                     flow_run_name=f"{deployment.split('/')[0]}-part-{number}-of-{len(parts)}",
                     timeout=None,
                     poll_interval=poll_interval_s,
@@ -152,63 +162,19 @@ def ingest_market_prices(
             pool.submit(contextvars.copy_context().run, child, i, part)
             for i, part in enumerate(parts, 1)
         ]
-        runs = [f.result() for f in futures]
-    return summarize(market, engine, now, parts, runs)
-
-
-def child_table(run, key: str) -> list[dict]:
-    """A child run's per-symbol table artifact, if it made one."""
-    import json
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[key]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
-            ),
-            limit=1,
-        )
-    if not found:
-        return []
-    data = found[0].data
-    return json.loads(data) if isinstance(data, str) else data
+        return [f.result() for f in futures]
 
 
 def summarize(market: str, engine, now, parts, runs) -> dict:
     """One summary of every child: its state and counts, and what the store holds now."""
     key = f"{market.lower()}-prices-run"
     through = last_closed_session(MARKETS[market], now)
-    rows = []
-    for part, run in zip(parts, runs):
-        table = child_table(run, key)
-        rows.append(
-            {
-                "child": run.name,
-                "flow_run_id": str(run.id),
-                "state": run.state_name,
-                "symbols": len(part),
-                "first": part[0],
-                "last": part[-1],
-                "fetched": len(table),
-                "failed": sum(r.get("status") == "failed" for r in table),
-                "inserted": sum(r.get("inserted", 0) for r in table),
-            }
-        )
+    rows = [child_row(part, run, child_table(run, key)) for part, run in zip(parts, runs)]
     everyone = [s for part in parts for s in part]
     latest = latest_dates(engine, "daily_prices", everyone)
     behind = sorted(s for s in everyone if latest.get(s) is None or latest[s] < through)
-    create_table_artifact(rows, key=f"{market.lower()}-market-children")
+    publish_market(market, through, rows, behind)
     bad = [r for r in rows if r["state"] != "Completed"]
-    lines = [
-        f"## {market} market through {through}: {len(parts)} child runs",
-        "",
-        f"- symbols: {len(everyone)}; completed children {len(rows) - len(bad)} of {len(rows)}",
-        f"- rows inserted {sum(r['inserted'] for r in rows)}; symbols failed "
-        f"{sum(r['failed'] for r in rows)}",
-        f"- behind {through} after the run: {len(behind)}"
-        + (": " + ", ".join(behind[:50]) if behind else ""),
-    ] + [f"- {r['child']}: {r['state']}" for r in bad]
-    create_markdown_artifact("\n".join(lines) + "\n", key=f"{market.lower()}-market-summary")
     if bad:
         raise ChildRunsFailed(
             "child runs not completed: " + ", ".join(f"{r['child']} ({r['state']})" for r in bad)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import functools
 from typing import Annotated
 
-import pandas as pd
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import Abort
 from prefect.runtime import flow_run
@@ -94,25 +92,9 @@ def upsert(engine, table: str, frame, flow_run_id=None):
 def store_version(engine, checkpoints, market: str, blob: bytes, png: bytes, meta: dict) -> dict:
     """Save the checkpoint and its plot, and register the version in model_versions."""
     ensure_run_is_ours(f"model version of {market}")
-    sha = checkpoint.sha256(blob)
-    version = f"{market.lower()}-{meta['train_range'][1]:%Y%m%d}-{sha[:12]}"
-    uri = checkpoints.put(f"{market}/{version}.pt", blob)
-    plot_uri = checkpoints.put(f"{market}/{version}.png", png)
-    storage.register_version(
-        engine,
-        {
-            "version": version,
-            "market": market,
-            "feature_spec": features.FEATURE_SPEC,
-            "window": features.WINDOW,
-            "train_start": meta["train_range"][0],
-            "train_end": meta["train_range"][1],
-            "metrics": meta["metrics"],
-            "sha256": sha,
-            "uri": uri,
-        },
+    return storage.save_version(
+        engine, checkpoints, market, blob, png, checkpoint.sha256(blob), meta
     )
-    return {"version": version, "sha256": sha, "uri": uri, "plot_uri": plot_uri}
 
 
 # Weekly on the desktop GPU; two hours is far past a normal run and stops a hung one.
@@ -138,26 +120,54 @@ def train_model(
     model.set_threads(threads)
     logger.info("training %s on %s", market, torch_device)
 
+    data = training_data(engine, market, history_sessions, val_sessions)
+    config = model.ModelConfig(
+        hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
+    )
+    net = fit_model(data, config, torch_device)
+    metrics, predicted = validate(net, data, torch_device)
+    stored, png = save_version(engine, settings, market, net, config, data, metrics, predicted)
+    decision = promote_if_better(engine, market, stored["version"], metrics)
+    result = {
+        **stored,
+        "market": market,
+        "device": str(torch_device),
+        "promoted": metrics["beats_baselines"],
+        "decision": decision,
+        "metrics": metrics,
+        "train_range": data.train_range,
+        "val_range": data.val_range,
+    }
+    report.publish_training(result, png)
+    return result
+
+
+def training_data(engine, market: str, history_sessions: int | None, val_sessions: int):
+    """The market's recent history as training and validation windows, split by time."""
     prices = load_prices(engine, market, sessions=history_sessions)
     data = build_dataset(prices, val_sessions=val_sessions)
     del prices
-    logger.info(
+    get_run_logger().info(
         "%d training and %d validation samples from %d symbols",
         len(data.train_idx),
         len(data.val_idx),
         len(data.symbols),
     )
+    return data
 
-    config = model.ModelConfig(
-        hidden=hidden, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed
-    )
-    net = fit_model(data, config, torch_device)
+
+def validate(net, data, torch_device) -> tuple[dict, object]:
+    """The model and both baselines on the validation window; the metrics name both ranges."""
     metrics, predicted = validate_model(net, data, torch_device)
     metrics |= {
         "train_range": [d.isoformat() for d in data.train_range],
         "val_range": [d.isoformat() for d in data.val_range],
     }
+    return metrics, predicted
 
+
+def save_version(engine, settings, market: str, net, config, data, metrics, predicted):
+    """The checkpoint and its validation plot, stored and registered: (version facts, plot)."""
     blob = checkpoint.checkpoint_bytes(
         net,
         config,
@@ -173,49 +183,21 @@ def train_model(
         f"{market} validation {data.val_range[0]}..{data.val_range[1]}",
     )
     checkpoints = storage.open_storage(settings.model_dir)
-    stored = store_version(
-        engine,
-        checkpoints,
-        market,
-        blob,
-        png,
-        {"train_range": data.train_range, "metrics": metrics},
-    )
+    meta = {"train_range": data.train_range, "metrics": metrics}
+    return store_version(engine, checkpoints, market, blob, png, meta), png
 
+
+def promote_if_better(engine, market: str, version: str, metrics: dict) -> str:
+    """Promote the version only if it beats both baselines; say why either way."""
     why = evaluation.promotion_reason(metrics)
     if metrics["beats_baselines"]:
-        ensure_run_is_ours(f"the promotion of {stored['version']}")
-        storage.promote(engine, stored["version"], market)
-        decision = f"beats both naive baselines on validation: {why}"
+        ensure_run_is_ours(f"the promotion of {version}")
+        storage.promote(engine, version, market)
+        decision = report.promotion_decision(True, why)
     else:
-        kept = storage.promoted_version(engine, market)
-        decision = (
-            f"not promoted, {kept or 'no version'} stays promoted: it does not beat both naive "
-            f"baselines by more than noise: {why}"
-        )
-    logger.info("version %s: %s", stored["version"], decision)
-
-    result = {
-        **stored,
-        "market": market,
-        "device": str(torch_device),
-        "promoted": metrics["beats_baselines"],
-        "decision": decision,
-        "metrics": metrics,
-        "train_range": data.train_range,
-        "val_range": data.val_range,
-    }
-    create_markdown_artifact(
-        report.training_markdown(result, png),
-        key=f"train-model-{market.lower()}",
-        description=f"validation of {stored['version']}",
-    )
-    create_link_artifact(
-        stored["plot_uri"],
-        link_text=f"plot of {stored['version']}",
-        key=f"train-model-plot-{market.lower()}",
-    )
-    return result
+        decision = report.promotion_decision(False, why, storage.promoted_version(engine, market))
+    get_run_logger().info("version %s: %s", version, decision)
+    return decision
 
 
 @task(name="cancel-replaced-run", cache_policy=NO_CACHE)
@@ -272,40 +254,48 @@ def predict_returns(
         # A fresh install, or no version has beaten the baselines yet: nothing is wrong.
         logger.info("no model yet: %s", exc)
         return Completed(message=f"no model yet: {exc}", data={"market": market, "predicted": 0})
+    loaded = load_model(row, settings, torch_device)
+    windows = latest_windows(engine, market, loaded)
+    result = predict_and_write(
+        engine, market, row["version"], loaded, windows, torch_device, batch_size
+    )
+    report.publish_prediction(result)
+    return result
+
+
+def load_model(row: dict, settings, torch_device):
+    """The version's checkpoint, its sha256 and feature spec checked, on the device."""
     blob = storage.read_checkpoint(row["uri"], settings.model_dir)
     loaded = checkpoint.load_checkpoint(blob, row["sha256"], torch_device, version=row["version"])
     del blob
-    logger.info("model %s on device %s", row["version"], torch_device)
+    get_run_logger().info("model %s on device %s", row["version"], torch_device)
+    return loaded
 
+
+def latest_windows(engine, market: str, loaded) -> features.LatestWindows:
+    """Each symbol's window as of the last session; who cannot be windowed is named."""
     prices = load_prices(engine, market, sessions=features.WINDOW + 1)
     windows = features.latest_windows(prices, loaded.normaliser)
     del prices
     if windows.skipped:
-        logger.warning(
+        get_run_logger().warning(
             "skipped %d symbols: %s",
             len(windows.skipped),
             ", ".join(f"{s} ({why})" for s, why in windows.skipped.items()),
         )
+    return windows
 
+
+def predict_and_write(engine, market, version, loaded, windows, torch_device, batch_size) -> dict:
+    """Predict every windowed symbol and upsert the predictions; the run's counts."""
     returns, probs = model.predict(
         loaded.model, windows.x, loaded.normaliser.target_scale, torch_device, batch_size
     )
-    frame = pd.DataFrame(
-        {
-            "model_version": row["version"],
-            "symbol": windows.symbols,
-            "as_of": windows.as_of,
-            "horizon": 1,
-            "predicted_return": returns,
-            "up_probability": probs,
-            "device": torch_device.type,
-        }
-    )
+    frame = storage.predictions_frame(version, windows, returns, probs, torch_device.type)
     written = upsert(engine, "predictions", frame, flow_run_id=flow_run.id)
-
-    result = {
+    return {
         "market": market,
-        "model_version": row["version"],
+        "model_version": version,
         "device": str(torch_device),
         "as_of": windows.as_of,
         "predicted": len(frame),
@@ -314,9 +304,3 @@ def predict_returns(
         "unchanged": written.unchanged,
         "skipped": windows.skipped,
     }
-    create_markdown_artifact(
-        report.prediction_markdown(result),
-        key=f"predict-returns-{market.lower()}",
-        description=f"predictions as of {windows.as_of} on {torch_device}",
-    )
-    return result

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import datetime as dt
 import gc
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 
-from tasks.health.freshness import emit_freshness, freshness
 from tasks.limits import ensure_rate_limit
-from tasks.logs import run_id
-from tasks.market.calendars import MARKETS, as_utc, chunk_plans, last_closed_session, plan_fetches
+from tasks.market.calendars import (
+    MARKETS,
+    Fetch,
+    Market,
+    as_utc,
+    chunk_plans,
+    last_closed_session,
+    plan_fetches,
+)
 from tasks.market.quality import Issue, stale_symbols
+from tasks.market.report import (
+    advance_progress,
+    publish_run,
+    publish_up_to_date,
+    report_freshness,
+    start_progress,
+    summarize,
+    up_to_date_message,
+)
 from tasks.market.writes import (
     Rebase,
     SymbolReport,
     follow_rebases,
     instrument_symbols,
+    record_issues,
+    record_stale,
     write_chunk,
 )
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
@@ -38,9 +49,8 @@ from tasks.params import (
     Symbol,
     UniverseName,
 )
-from tasks.settings import get_settings
+from tasks.settings import Settings, get_settings
 from tasks.store.engine import engine_from_settings
-from tasks.store.ledger import record_flags
 from tasks.store.upsert import latest_dates
 from tasks.universes.membership import fetch_list
 from tasks.universes.sources import universes
@@ -72,17 +82,19 @@ def ingest_us_prices(
     """Bring a US universe's daily bars (symbols, else the stored members of universe, else of
     the configured one, else flows/universes/us.txt) up to the last NYSE session."""
     return ingest_prices(
-        "US",
-        symbols,
-        start,
-        end,
-        lookback_sessions,
-        chunk_size,
-        max_failed_ratio,
-        as_of,
-        backoff_s,
-        universe,
-        rate_limit,
+        PriceRun(
+            "US",
+            symbols=symbols,
+            start=start,
+            end=end,
+            lookback_sessions=lookback_sessions,
+            chunk_size=chunk_size,
+            max_failed_ratio=max_failed_ratio,
+            as_of=as_of,
+            backoff_s=backoff_s,
+            universe=universe,
+            rate_limit=rate_limit,
+        )
     )
 
 
@@ -102,98 +114,135 @@ def ingest_kr_prices(
     """Bring a KOSPI/KOSDAQ universe's daily bars (as us-prices picks them; the text file is
     flows/universes/kr.txt) up to the last KRX session."""
     return ingest_prices(
-        "KR",
-        symbols,
-        start,
-        end,
-        lookback_sessions,
-        chunk_size,
-        max_failed_ratio,
-        as_of,
-        backoff_s,
-        universe,
-        rate_limit,
+        PriceRun(
+            "KR",
+            symbols=symbols,
+            start=start,
+            end=end,
+            lookback_sessions=lookback_sessions,
+            chunk_size=chunk_size,
+            max_failed_ratio=max_failed_ratio,
+            as_of=as_of,
+            backoff_s=backoff_s,
+            universe=universe,
+            rate_limit=rate_limit,
+        )
     )
 
 
-def ingest_prices(
-    market_code: str,
-    symbols: list[str] | None,
-    start: dt.date | None,
-    end: dt.date | None,
-    lookback_sessions: int,
-    chunk_size: int,
-    max_failed_ratio: float,
-    as_of: dt.datetime | None,
-    backoff_s: float,
-    universe: str | None = None,
-    rate_limit: str = "yahoo",
-) -> dict:
+@dataclass(frozen=True)
+class PriceRun:
+    """What a run of us-prices or kr-prices was asked: the two flows' one set of parameters."""
+
+    market_code: str
+    symbols: list[str] | None = None
+    start: dt.date | None = None
+    end: dt.date | None = None
+    lookback_sessions: int = 5
+    chunk_size: int = 25
+    max_failed_ratio: float = 0.2
+    as_of: dt.datetime | None = None
+    backoff_s: float = 2.0
+    universe: str | None = None
+    rate_limit: str = "yahoo"
+
+
+@dataclass
+class Plan:
+    """Who is fetched from when, through which session, and the flags the choice raised."""
+
+    market: Market
+    key: str  # the artifacts' prefix: us-prices, kr-prices
+    now: dt.datetime
+    through: dt.date
+    symbols: list[str]
+    stored: dict[str, dt.date]
+    fetches: list[Fetch]
+    flags: list[Issue]
+
+
+@dataclass
+class Written:
+    """What the chunks wrote, what the source re-based, and why the run stopped early."""
+
+    reports: list[SymbolReport] = field(default_factory=list)
+    rebased: dict[str, Rebase] = field(default_factory=dict)
+    flags: list[Issue] = field(default_factory=list)
+    throttled: str | None = None
+
+
+def ingest_prices(run: PriceRun) -> dict:
     """The job both flows run: plan by calendar, fetch and write chunk by chunk, report."""
-    logger = get_run_logger()
     settings = get_settings()
     engine = engine_from_settings(settings)
-    market = MARKETS[market_code]
-    now = as_utc(as_of)
-    flags: list[Issue] = []
-    if symbols:
-        symbols = [s.strip().upper() for s in symbols]
-    else:
-        symbols, leaving = universe_symbols(engine, market_code, universe, now.date(), settings)
-        with engine.begin() as conn:
-            flags = record_flags(conn, leaving, "universes", run_id())
-    through = last_closed_session(market, now)
-    if end is not None:
-        through = min(through, end)
+    plan = plan_run(engine, run, settings)
+    if not plan.fetches:
+        return up_to_date(plan)
+    written = fetch_and_write(engine, plan, run, settings)
+    result = record_and_report(engine, plan, written)
+    enforce_failure_policy(plan, written, result["failed"], run.max_failed_ratio)
+    return result
 
+
+def plan_run(engine, run: PriceRun, settings: Settings) -> Plan:
+    """The symbols (flagging universe leavers), the last session, and each symbol's fetch."""
+    market = MARKETS[run.market_code]
+    now = as_utc(run.as_of)
+    flags: list[Issue] = []
+    if run.symbols:
+        symbols = [s.strip().upper() for s in run.symbols]
+    else:
+        symbols, leaving = universe_symbols(
+            engine, run.market_code, run.universe, now.date(), settings
+        )
+        flags = record_issues(engine, leaving, "universes")
+    through = last_closed_session(market, now)
+    if run.end is not None:
+        through = min(through, run.end)
     stored = latest_dates(engine, "daily_prices", symbols)
     # A symbol with prices but no instruments row was cut off mid-write by an older version:
     # fetch it again from the start so what is missing (its actions, its row) lands.
     known = instrument_symbols(engine, symbols)
     stored = {s: d for s, d in stored.items() if s in known}
-    backfill_start = start or now.date() - dt.timedelta(days=round(365.25 * BACKFILL_YEARS))
-    plans = plan_fetches(
-        market, symbols, stored, through, backfill_start, lookback_sessions, start is not None
-    )
-    key = f"{market_code.lower()}-prices"
-    if not plans:
-        newest = max(stored.values()) if stored else None
-        report_freshness(market, newest, now)
-        message = (
-            f"No {market.calendar} session since the last stored one ({newest}); "
-            f"the market's last session is {through}. Nothing asked of Yahoo."
-        )
-        logger.info(message)
-        create_markdown_artifact(f"## {key}: up to date\n\n{message}\n", key=f"{key}-summary")
-        return {"status": "up to date", "through": str(through), "fetched": 0, "failed": {}}
-
-    logger.info(
-        "%d of %d symbols to fetch through %s (%d backfills)",
-        len(plans),
-        len(symbols),
+    backfill_start = run.start or now.date() - dt.timedelta(days=round(365.25 * BACKFILL_YEARS))
+    fetches = plan_fetches(
+        market,
+        symbols,
+        stored,
         through,
-        sum(p.backfill for p in plans),
+        backfill_start,
+        run.lookback_sessions,
+        run.start is not None,
     )
-    ensure_rate_limit(rate_limit)  # a child of market-prices has a limit of its own
-    chunks = chunk_plans(plans, chunk_size)
-    progress = (
-        create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")
-        if len(chunks) > 1
-        else None
+    key = f"{run.market_code.lower()}-prices"
+    return Plan(market, key, now, through, symbols, stored, fetches, flags)
+
+
+def up_to_date(plan: Plan) -> dict:
+    """No session since the last stored one: say so, ask Yahoo nothing."""
+    newest = max(plan.stored.values()) if plan.stored else None
+    report_freshness(plan.market, newest, plan.now)
+    message = up_to_date_message(plan.market, newest, plan.through)
+    get_run_logger().info(message)
+    publish_up_to_date(plan.key, message)
+    return {"status": "up to date", "through": str(plan.through), "fetched": 0, "failed": {}}
+
+
+def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Written:
+    """Fetch and write chunk by chunk, the next chunk fetched while this one is written."""
+    get_run_logger().info(
+        "%d of %d symbols to fetch through %s (%d backfills)",
+        len(plan.fetches),
+        len(plan.symbols),
+        plan.through,
+        sum(p.backfill for p in plan.fetches),
     )
-    reports: list[SymbolReport] = []
-    rebased: dict[str, Rebase] = {}
-    throttled = None
-    ca_bundle = str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None
-    how = {
-        "market": market,
-        "base_url": settings.yahoo_base_url,
-        "timeout_s": settings.http_timeout_s,
-        "backoff_s": backoff_s,
-        "rate_limit": rate_limit,
-        "ca_bundle": ca_bundle,
-    }
+    ensure_rate_limit(run.rate_limit)  # a child of market-prices has a limit of its own
+    chunks = chunk_plans(plan.fetches, run.chunk_size)
+    progress = start_progress(plan.key, len(chunks))
+    how = fetch_options(plan.market, run, settings)
     fetch = lambda plans: fetch_chunk(plans, **how)  # noqa: E731 - a re-based symbol's re-fetch
+    written = Written()
     # The next chunk is fetched while this one is checked and written: one fetch in flight at
     # a time (the same requests, at the same concurrency), none after a throttled one.
     pending = fetch_chunk.submit(chunks[0], **how)
@@ -201,61 +250,51 @@ def ingest_prices(
         fetched = pending.result()
         if number < len(chunks) and not fetched.throttled:
             pending = fetch_chunk.submit(chunks[number], **how)
-        result, found = follow_rebases(engine, fetched, chunk, through, fetch)
+        result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
         del fetched
-        rebased |= found
-        written, new_flags = write_chunk(result, chunk, market, through, found)
-        reports += written
-        flags += new_flags
-        throttled = result.throttled
+        written.rebased |= found
+        reports, new_flags = write_chunk(result, chunk, plan.market, plan.through, found)
+        written.reports += reports
+        written.flags += new_flags
+        written.throttled = result.throttled
         del result
         if any(p.backfill for p in chunk):
             gc.collect()  # hand a backfill's frames back before the next chunk is fetched
-        if progress:
-            update_progress_artifact(progress, 100.0 * number / len(chunks))
-        if throttled:
+        advance_progress(progress, number, len(chunks))
+        if written.throttled:
             break
+    return written
 
-    latest = latest_dates(engine, "daily_prices", symbols)
-    report_freshness(market, max(latest.values()) if latest else None, now)
-    stale = stale_symbols(latest, symbols, through)
-    with engine.begin() as conn:
-        flags += record_flags(
-            conn,
-            [Issue(s, through, "stale", f"newest stored session: {d}") for s, d in stale.items()],
-            "yahoo",
-            run_id(),
-        )
+
+def fetch_options(market: Market, run: PriceRun, settings: Settings) -> dict:
+    """How every chunk is fetched: where Yahoo is, how patiently, under which rate limit."""
+    return {
+        "market": market,
+        "base_url": settings.yahoo_base_url,
+        "timeout_s": settings.http_timeout_s,
+        "backoff_s": run.backoff_s,
+        "rate_limit": run.rate_limit,
+        "ca_bundle": str(settings.yahoo_ca_bundle) if settings.yahoo_ca_bundle else None,
+    }
+
+
+def record_and_report(engine, plan: Plan, written: Written) -> dict:
+    """Flag what is still stale, leave the run's artifacts, and return its counts."""
+    latest = latest_dates(engine, "daily_prices", plan.symbols)
+    report_freshness(plan.market, max(latest.values()) if latest else None, plan.now)
+    stale = stale_symbols(latest, plan.symbols, plan.through)
+    flags = plan.flags + written.flags + record_stale(engine, stale, plan.through)
+    reports, rebased = written.reports, written.rebased
     failed = {r.symbol: r.error for r in reports if r.status == "failed"}
-    summary = summarize(key, through, plans, reports, stale, failed, rebased, flags)
-    create_table_artifact([asdict(r) for r in reports], key=f"{key}-run")
-    if rebased:
-        create_table_artifact(
-            [asdict(r) | {"start": str(r.start)} for r in rebased.values()], key=f"{key}-rebased"
-        )
-    if flags:
-        create_table_artifact(
-            [
-                {"symbol": i.symbol, "date": str(i.date), "kind": i.kind, "detail": i.detail}
-                for i in flags[:1000]
-            ],
-            key=f"{key}-flags",
-            description=f"{len(flags)} new quality flags (all in the quality_flags table)",
-        )
-    create_markdown_artifact(summary, key=f"{key}-summary")
-    logger.info(summary)
-
-    if throttled:
-        raise YahooThrottled(f"stopped: {throttled}; {len(reports)} symbols were written first")
-    if failed and len(failed) / len(plans) > max_failed_ratio:
-        raise TooManyFailures(
-            f"{len(failed)} of {len(plans)} symbols failed (more than {max_failed_ratio:.0%}): "
-            + "; ".join(f"{s} ({why})" for s, why in failed.items())
-        )
+    summary = summarize(
+        plan.key, plan.through, plan.fetches, reports, stale, failed, rebased, flags
+    )
+    publish_run(plan.key, summary, reports, rebased, flags)
+    get_run_logger().info(summary)
     return {
         "status": "completed",
-        "through": str(through),
-        "fetched": len(plans),
+        "through": str(plan.through),
+        "fetched": len(plan.fetches),
         "failed": failed,
         "stale": sorted(stale),
         "inserted": sum(r.inserted for r in reports),
@@ -265,12 +304,20 @@ def ingest_prices(
     }
 
 
-def report_freshness(market, newest: dt.date | None, now: dt.datetime) -> None:
-    """Say how far behind the market's last closed session the store is (an event)."""
-    facts = freshness(market, newest, last_closed_session(market, now))
-    emit_freshness(f"prices.{market.code}", f"{market.code} prices", facts)
-    if not facts["fresh"]:
-        get_run_logger().warning("%s prices are stale: %s", market.code, facts)
+def enforce_failure_policy(
+    plan: Plan, written: Written, failed: dict[str, str], max_failed_ratio: float
+) -> None:
+    """Fail the run when Yahoo kept throttling, or more than max_failed_ratio symbols failed."""
+    if written.throttled:
+        raise YahooThrottled(
+            f"stopped: {written.throttled}; {len(written.reports)} symbols were written first"
+        )
+    if failed and len(failed) / len(plan.fetches) > max_failed_ratio:
+        raise TooManyFailures(
+            f"{len(failed)} of {len(plan.fetches)} symbols failed "
+            f"(more than {max_failed_ratio:.0%}): "
+            + "; ".join(f"{s} ({why})" for s, why in failed.items())
+        )
 
 
 def universe_symbols(
@@ -305,29 +352,3 @@ def load_universe(market_code: str) -> list[str]:
     """The symbols in flows/universes/<market>.txt (one a line, # comments)."""
     text = (UNIVERSES / f"{market_code.lower()}.txt").read_text()
     return [ln.split("#")[0].strip() for ln in text.splitlines() if ln.split("#")[0].strip()]
-
-
-def summarize(key, through, plans, reports, stale, failed, rebased, flags) -> str:
-    """The run's short markdown summary."""
-    lines = [
-        f"## {key} through {through}",
-        "",
-        f"- symbols fetched: {len(plans)} ({sum(p.backfill for p in plans)} backfills)",
-        f"- rows inserted {sum(r.inserted for r in reports)}, "
-        f"updated {sum(r.updated for r in reports)}, "
-        f"unchanged {sum(r.unchanged for r in reports)}, "
-        f"rejected {sum(r.rejected for r in reports)}",
-        f"- flagged by quality checks: {sum(r.status == 'flagged' for r in reports)} symbols; "
-        f"{len(flags)} new rows in quality_flags",
-        f"- re-based by the source and rewritten whole: {len(rebased)}"
-        + (
-            ": " + ", ".join(f"{s} ({r.rows_changed} rows; {r.reason})" for s, r in rebased.items())
-            if rebased
-            else ""
-        ),
-        f"- failed: {len(failed)}"
-        + (": " + ", ".join(f"{s} ({why})" for s, why in failed.items()) if failed else ""),
-        f"- stale after the run (older than {through}): {len(stale)}"
-        + (": " + ", ".join(sorted(stale)) if stale else ""),
-    ]
-    return "\n".join(lines) + "\n"

@@ -60,6 +60,18 @@ def instrument_symbols(engine, symbols: list[str]) -> set[str]:
         return set(conn.execute(query).scalars())
 
 
+def record_issues(engine, issues: list[Issue], source: str) -> list[Issue]:
+    """Flag issues in a transaction of their own; returns those new to quality_flags."""
+    with engine.begin() as conn:
+        return record_flags(conn, issues, source, run_id())
+
+
+def record_stale(engine, stale: dict[str, dt.date | None], through: dt.date) -> list[Issue]:
+    """Flag each symbol still older than the market's last session after the run."""
+    issues = [Issue(s, through, "stale", f"newest stored session: {d}") for s, d in stale.items()]
+    return record_issues(engine, issues, "yahoo")
+
+
 def follow_rebases(
     engine, result: ChunkResult, chunk: list[Fetch], through: dt.date, fetch
 ) -> tuple[ChunkResult, dict[str, Rebase]]:

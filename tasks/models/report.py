@@ -6,6 +6,7 @@ import base64
 import io
 
 import numpy as np
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 
 def plot_png(predicted: np.ndarray, realised: np.ndarray, title: str) -> bytes:
@@ -82,3 +83,37 @@ def prediction_markdown(result: dict) -> str:
         if len(result["skipped"]) > 200:
             lines.append(f"| … | {len(result['skipped']) - 200} more |")
     return "\n".join(lines)
+
+
+def promotion_decision(promoted: bool, why: str, kept: str | None = None) -> str:
+    """Why a version was promoted, or which one stays promoted and why."""
+    if promoted:
+        return f"beats both naive baselines on validation: {why}"
+    return (
+        f"not promoted, {kept or 'no version'} stays promoted: it does not beat both naive "
+        f"baselines by more than noise: {why}"
+    )
+
+
+def publish_training(result: dict, png: bytes) -> None:
+    """The train-model artifacts: the validation report and a link to the plot."""
+    market = result["market"].lower()
+    create_markdown_artifact(
+        training_markdown(result, png),
+        key=f"train-model-{market}",
+        description=f"validation of {result['version']}",
+    )
+    create_link_artifact(
+        result["plot_uri"],
+        link_text=f"plot of {result['version']}",
+        key=f"train-model-plot-{market}",
+    )
+
+
+def publish_prediction(result: dict) -> None:
+    """The predict-returns artifact."""
+    create_markdown_artifact(
+        prediction_markdown(result),
+        key=f"predict-returns-{result['market'].lower()}",
+        description=f"predictions as of {result['as_of']} on {result['device']}",
+    )

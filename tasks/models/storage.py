@@ -1,4 +1,5 @@
-"""Model I/O: prices in, checkpoints to storage (folder or S3Bucket block), model_versions."""
+"""Model I/O: prices in, checkpoints to storage (folder or S3Bucket block), model_versions,
+predictions out."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.engine import Engine
 
 from blocks.names import MODEL_BUCKET
 from tasks.market.calendars import market_of
-from tasks.models.features import FEATURE_INPUT_COLUMNS, WINDOW
+from tasks.models.features import FEATURE_INPUT_COLUMNS, FEATURE_SPEC, WINDOW, LatestWindows
 from tasks.models.model import ModelError
 from tasks.store import schema
 from tasks.store.read import read_prices
@@ -140,6 +141,38 @@ def register_version(engine: Engine, row: dict) -> bool:
     return True
 
 
+def version_name(market: str, train_end: dt.date, sha: str) -> str:
+    """A version's name: its market, its last training target and its checkpoint's hash."""
+    return f"{market.lower()}-{train_end:%Y%m%d}-{sha[:12]}"
+
+
+def save_version(
+    engine: Engine, checkpoints, market: str, blob: bytes, png: bytes, sha: str, meta: dict
+) -> dict:
+    """Put the checkpoint and its plot in storage, then register the version in model_versions.
+
+    The files land first: a registered version always has its checkpoint.
+    """
+    version = version_name(market, meta["train_range"][1], sha)
+    uri = checkpoints.put(f"{market}/{version}.pt", blob)
+    plot_uri = checkpoints.put(f"{market}/{version}.png", png)
+    register_version(
+        engine,
+        {
+            "version": version,
+            "market": market,
+            "feature_spec": FEATURE_SPEC,
+            "window": WINDOW,
+            "train_start": meta["train_range"][0],
+            "train_end": meta["train_range"][1],
+            "metrics": meta["metrics"],
+            "sha256": sha,
+            "uri": uri,
+        },
+    )
+    return {"version": version, "sha256": sha, "uri": uri, "plot_uri": plot_uri}
+
+
 def promote(engine: Engine, version: str, market: str) -> None:
     """Make version the market's one promoted model, in one transaction."""
     table = schema.model_versions
@@ -187,3 +220,23 @@ def find_version(engine: Engine, market: str, pinned: str | None = None) -> dict
             f"{market}: its normalisation does not fit {market} prices"
         )
     return dict(row)
+
+
+# ---------------------------------------------------------------------------- predictions
+
+
+def predictions_frame(
+    version: str, windows: LatestWindows, returns, probs, device: str
+) -> pd.DataFrame:
+    """The predictions rows: each windowed symbol's next-session return and up probability."""
+    return pd.DataFrame(
+        {
+            "model_version": version,
+            "symbol": windows.symbols,
+            "as_of": windows.as_of,
+            "horizon": 1,
+            "predicted_return": returns,
+            "up_probability": probs,
+            "device": device,
+        }
+    )
