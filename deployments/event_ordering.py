@@ -21,6 +21,11 @@ from uuid import UUID
 from prefect.server.events.ordering import memory
 from prefect.server.events.schemas.events import Event
 
+from deployments.server_sqlite import begin_writes_immediately
+
+# The server's other investflow change, loaded with this module (deployments/server_sqlite.py).
+begin_writes_immediately()
+
 SETTING = {"PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "deployments.event_ordering"}
 _STARTED_MS = int(time.time() * 1000)
 

@@ -26,6 +26,9 @@ os.environ.update(
     PREFECT_SERVER_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{_PREFECT_HOME}/prefect.db",
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_SERVER_UI_ENABLED="false",
+    # Every server the tests start runs investflow's server-side code as make up's does
+    # (deployments/local_stack.py, SERVER_SETTINGS; test_event_ordering checks they agree).
+    PREFECT_SERVER_EVENTS_CAUSAL_ORDERING="deployments.event_ordering",
     PREFECT_LOGGING_LEVEL="INFO",
     # yfinance caches cookies and timezones under the user's cache folder: keep the stand-ins'
     # out of the developer's, and start every session as a fresh machine would.
