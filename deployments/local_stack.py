@@ -14,7 +14,6 @@ runs it interrupted Crashed, then stops the server.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import json
 import os
@@ -24,6 +23,7 @@ import traceback
 import urllib.request
 
 from deployments import processes as procs
+from tasks import clock
 
 BIN = os.path.dirname(sys.executable)
 # Started runs that a stop leaves without a process: down marks them so none waits forever.
@@ -122,17 +122,9 @@ def step_server(env) -> str:
     return f"started (pid {pid}) at {api}"
 
 
-def worker_command(
-    pool: str, name: str, kind: str = "process", limit: int | None = None
-) -> list[str]:
-    """`prefect worker start` for pool: a process worker here; the tests also start the ecs
-    and docker kinds, and at most limit runs at once as the systemd units do
-    (deployments/services/worker-*.service.in)."""
-    argv = [f"{BIN}/prefect", "worker", "start", "--pool", pool, "--type", kind, "--name", name]
-    return argv + (["--limit", str(limit)] if limit else [])
-
-
 def step_workers(env, pools) -> str:
+    from deployments.pools import worker_command
+
     started, restarted, running = [], [], []
     for pool in pools:
         name = f"worker-{pool}"
@@ -145,7 +137,7 @@ def step_workers(env, pools) -> str:
             restarted.append(pool)
         else:
             started.append(pool)
-        procs.start(name, worker_command(pool, f"local-{pool}"), env)
+        procs.start(name, worker_command(f"{BIN}/prefect", pool, f"local-{pool}"), env)
     parts = [f"{len(pools)} pools served"]
     if started:
         parts.append(f"started {', '.join(started)}")
@@ -207,7 +199,7 @@ def up() -> None:
     os.environ.update(env)  # this process's own Prefect client talks to the local server
     server_was_running = procs.recorded_pid("server") is not None
     log = open(procs.LOGS / "up.log", "a")
-    log.write(f"\n===== make up {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')} =====\n")
+    log.write(f"\n===== make up {clock.shown(clock.now())} =====\n")
     try:
         run_step("Prefect server", log, step_server, env)
         from deployments.bootstrap import STEPS, pool_names

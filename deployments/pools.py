@@ -19,6 +19,23 @@ RUN_ENV = {
 }
 
 
+def worker_command(
+    prefect: str, pool: str, name: str, kind: str = "process", limit: int | None = None
+) -> list[str]:
+    """`prefect worker start` serving pool, as every worker starts: `make up` (a process
+    worker per pool), the systemd units (the pool's real kind, at most limit runs at once;
+    deployments/units.py) and the tests. The pool must exist (the bootstrap makes it) and the
+    worker's package is installed with the route's lock, never at start."""
+    argv = [prefect, "worker", "start", "--pool", pool, "--type", kind, "--name", name]
+    return [
+        *argv,
+        *(["--limit", str(limit)] if limit else []),
+        "--install-policy",
+        "never",
+        "--no-create-pool-if-not-found",
+    ]
+
+
 @dataclass(frozen=True)
 class Pool:
     name: str

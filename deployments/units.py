@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import re
 import secrets
+import shlex
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from deployments.pools import worker_command
 
 HERE = Path(__file__).resolve().parent
 SERVICES, SERVER = HERE / "services", HERE / "server"
@@ -213,7 +216,9 @@ def _worker_plan(
         "API_KEY": "",
         "MEMORY_MAX": spec.memory_max,
         "MEMORY_HIGH": spec.memory_high,
-        "LIMIT": str(spec.limit),
+        "WORKER_COMMAND": shlex.join(
+            worker_command(values["PREFECT"], route, f"{route}-%H", spec.worker_type, spec.limit)
+        ),
         "MEMORY_NOTE": textwrap.fill(
             f"MemoryMax={spec.memory_max}: {spec.memory_note}.", 92, subsequent_indent="#   "
         ),

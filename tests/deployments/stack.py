@@ -66,10 +66,10 @@ def worker(
     limit: at most this many runs at once (`--limit`, as the systemd units pass it); wrap: what
     starts the command (a memory cgroup, tests/deployments/cgroup.py).
     """
-    from deployments.local_stack import worker_command
+    from deployments.pools import worker_command
 
     log = open(log_dir / f"worker-{pool}.log", "wb")
-    args = worker_command(pool, f"test-{pool}", kind, limit)
+    args = worker_command(str(BIN / "prefect"), pool, f"test-{pool}", kind, limit)
     # As make up starts it (deployments/processes.py), without recording it in .prefect/pids.
     proc = procs.spawn(wrap(args) if wrap else args, env, log)
     try:
