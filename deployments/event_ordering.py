@@ -15,19 +15,19 @@ The server loads it by its setting (deployments/server/prefect-server.env.exampl
 
 from __future__ import annotations
 
-import time
 from uuid import UUID
 
 from prefect.server.events.ordering import memory
 from prefect.server.events.schemas.events import Event
 
 from deployments.server_sqlite import begin_writes_immediately
+from tasks import clock
 
 # The server's other investflow change, loaded with this module (deployments/server_sqlite.py).
 begin_writes_immediately()
 
 SETTING = {"PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "deployments.event_ordering"}
-_STARTED_MS = int(time.time() * 1000)
+_STARTED_MS = int(clock.wall() * 1000)
 
 
 def made_before_start(event_id: UUID) -> bool:

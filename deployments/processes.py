@@ -7,7 +7,6 @@ after its parent has died, and stopped with it.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import signal
@@ -15,6 +14,8 @@ import subprocess
 import time
 from pathlib import Path
 from typing import BinaryIO
+
+from tasks import clock
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".prefect"
@@ -55,7 +56,7 @@ def start(name: str, argv: list[str], env: dict[str, str]) -> int:
     PIDS.mkdir(parents=True, exist_ok=True)
     LOGS.mkdir(parents=True, exist_ok=True)
     with open(LOGS / f"{name}.log", "ab") as log:
-        stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        stamp = clock.shown(clock.now())
         log.write(f"\n===== {stamp} make up started {name} =====\n".encode())
         log.flush()
         proc = spawn(argv, env, log)

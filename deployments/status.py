@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import sys
 
+from tasks import clock
 from tasks.clock import operator_tz, shown_with_age
 
 
@@ -79,7 +80,7 @@ def main() -> int:
     from prefect.client.orchestration import get_client
 
     api = os.environ["PREFECT_API_URL"]
-    now = dt.datetime.now(dt.UTC)
+    now = clock.now()
     ok = True
     with get_client(sync_client=True) as client:
         # It returns the error instead of raising it.

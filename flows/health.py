@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
-
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 
+from tasks import clock
 from tasks.health import page
 from tasks.health.freshness import macro_freshness, market_freshness
 from tasks.settings import get_settings
@@ -20,7 +19,7 @@ ARTIFACT_KEY = "investflow-health"
 @flow(name="health-page", timeout_seconds=600)
 def health_page() -> str:
     """Write the health page: freshness, runs, success rate, backups, model, quality flags."""
-    now = dt.datetime.now(dt.UTC)
+    now = clock.now()
     engine = engine_from_settings(get_settings())
     with get_client(sync_client=True) as client:
         deployments, success = page.deployment_runs(client, now)

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from tasks import clock
 from tasks.logs import run_id
 from tasks.params import PastDate, Seconds
 from tasks.settings import get_settings
@@ -70,7 +71,7 @@ def refresh_universes(
     unknown = [n for n in names if n not in known]
     if unknown:
         raise ValueError(f"unknown universes {unknown}: known are {sorted(known)}")
-    day = as_of or dt.datetime.now(dt.UTC).date()
+    day = as_of or clock.now().date()
     engine = engine_from_settings()
     changes: list[Change] = []
     failed: dict[str, str] = {}

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from tasks import clock
 from tasks.health.freshness import emit_freshness, macro_facts, macro_group, macro_newest
 from tasks.limits import ensure_rate_limit
 from tasks.logs import run_id
@@ -105,7 +106,7 @@ def ingest_macro(
     engine = engine_from_settings(settings)
 
     ids, invalid = clean_series_ids(series)
-    first = start or dt.date.today() - dt.timedelta(days=round(365.25 * HISTORY_YEARS))
+    first = start or clock.now().date() - dt.timedelta(days=round(365.25 * HISTORY_YEARS))
     ingest = ingest_series.with_options(
         retry_delay_seconds=exponential_backoff(backoff_factor=retry_backoff_s)
     )
@@ -145,7 +146,7 @@ def ingest_each(ingest, client, engine, ids, first, vintages, outcomes, api_key)
 
 def report_freshness(engine) -> None:
     """One freshness event per macro group (FRED frequency) with a target."""
-    now = dt.datetime.now(dt.UTC)
+    now = clock.now()
     for frequency, newest in macro_newest(engine).items():
         facts = macro_facts(frequency, newest, now)
         if facts is not None:

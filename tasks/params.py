@@ -13,10 +13,12 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, WithJsonSchema
 
+from tasks import clock
+
 
 def not_in_future(day: dt.date) -> dt.date:
     """A date on or before today (UTC): no source has data from the future."""
-    today = dt.datetime.now(dt.UTC).date()
+    today = clock.now().date()
     if day > today:
         raise ValueError(f"{day} is in the future (today is {today} UTC)")
     return day

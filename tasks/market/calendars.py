@@ -10,6 +10,8 @@ from zoneinfo import ZoneInfo
 import exchange_calendars as xcals
 import pandas as pd
 
+from tasks import clock
+
 
 @dataclass(frozen=True)
 class Market:
@@ -38,14 +40,10 @@ def trading_calendar(name: str) -> xcals.ExchangeCalendar:
     return xcals.get_calendar(name)
 
 
-def now_utc() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def as_utc(moment: dt.datetime | str | None) -> dt.datetime:
     """A timezone-aware UTC moment; naive values are read as UTC, None means now."""
     if moment is None:
-        return now_utc()
+        return clock.now()
     stamp = pd.Timestamp(moment)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
     return stamp.to_pydatetime()
