@@ -35,6 +35,7 @@ from tasks.store.upsert import latest_dates
 from tasks.universes.membership import fetch_list
 
 LISTINGS = {"US": ["nasdaq", "nyse"], "KR": ["kospi", "kosdaq"]}
+CHILD_POLL_S = 5.0  # between looks at a child run's state: small beside a child's minutes
 
 
 class ChildRunsFailed(RuntimeError):
@@ -83,7 +84,6 @@ def ingest_market_prices(
     backoff_s: Seconds = 2.0,
     rate_limit: str = "yahoo",
     rate_limit_per_child: bool = True,
-    poll_interval_s: Seconds = 10.0,
 ) -> dict:
     """Bring every stored member of the market's listings up to date, in child runs."""
     settings = get_settings()
@@ -106,7 +106,7 @@ def ingest_market_prices(
         "as_of": now.isoformat(),
         "backoff_s": backoff_s,
     }
-    runs = run_children(deployment, parts, asked, limits, gate, parallel, poll_interval_s)
+    runs = run_children(deployment, parts, asked, limits, gate, parallel)
     return summarize(market, engine, now, parts, runs)
 
 
@@ -133,7 +133,6 @@ def run_children(
     limits: list[str | None],
     gate: str,
     parallel: int,
-    poll_interval_s: float,
 ) -> list:
     """Each part as a run of the deployment, at most parallel at once, each with a free limit."""
     slots: queue.Queue = queue.Queue()
@@ -150,7 +149,7 @@ def run_children(
                     parameters={"symbols": part, **asked, "rate_limit": limit},
                     flow_run_name=f"{deployment.split('/')[0]}-part-{number}-of-{len(parts)}",
                     timeout=None,
-                    poll_interval=poll_interval_s,
+                    poll_interval=CHILD_POLL_S,
                     # A retried parent finds its children instead of starting them again.
                     idempotency_key=f"{parent}-part-{number}-of-{len(parts)}",
                 )

@@ -81,21 +81,7 @@ def ingest_us_prices(
 ) -> dict:
     """Bring a US universe's daily bars (symbols, else the stored members of universe, else of
     the configured one, else flows/universes/us.txt) up to the last NYSE session."""
-    return ingest_prices(
-        PriceRun(
-            "US",
-            symbols=symbols,
-            start=start,
-            end=end,
-            lookback_sessions=lookback_sessions,
-            chunk_size=chunk_size,
-            max_failed_ratio=max_failed_ratio,
-            as_of=as_of,
-            backoff_s=backoff_s,
-            universe=universe,
-            rate_limit=rate_limit,
-        )
-    )
+    return ingest_prices(PriceRun("US", **locals()))  # locals(): the parameters, validated
 
 
 @flow(name="kr-prices", timeout_seconds=1800)
@@ -113,21 +99,7 @@ def ingest_kr_prices(
 ) -> dict:
     """Bring a KOSPI/KOSDAQ universe's daily bars (as us-prices picks them; the text file is
     flows/universes/kr.txt) up to the last KRX session."""
-    return ingest_prices(
-        PriceRun(
-            "KR",
-            symbols=symbols,
-            start=start,
-            end=end,
-            lookback_sessions=lookback_sessions,
-            chunk_size=chunk_size,
-            max_failed_ratio=max_failed_ratio,
-            as_of=as_of,
-            backoff_s=backoff_s,
-            universe=universe,
-            rate_limit=rate_limit,
-        )
-    )
+    return ingest_prices(PriceRun("KR", **locals()))  # locals(): the parameters, validated
 
 
 @dataclass(frozen=True)

@@ -110,7 +110,6 @@ def test_nine_thousand_symbols_in_child_runs_none_twice_none_missed(
                     "start": "2024-06-10",
                     "as_of": FRI.isoformat(),
                     "backoff_s": 0.01,
-                    "poll_interval_s": 2,
                 },
             )
         done = stack.wait_for_final_state(run.id, timeout=1800)
