@@ -110,28 +110,34 @@ def launch_a1_instance(
     )
     journal = _Journal(display_name, settings, log)
     try:
-        move = campaign.start(load_state(display_name))
-        while True:
-            if move.save:
-                save_state(display_name, move.run.campaign)
-            journal.tell(move)
-            match move.action:
-                case Done() as done:
-                    ip = _public_ip(clients, compartment_id, done.instance.id, assign_public_ip)
-                    attempts = move.run.campaign.attempts
-                    result = journal.done(done, ip, attempts)
-                    if pause_schedule_when_done:
-                        _pause_own_deployment(log)
-                    return result
-                case Stop(next_attempt_at=next_at):
-                    at, attempts = campaign.iso(next_at), move.run.campaign.attempts
-                    return {"status": "waiting", "attempts": attempts, "next_attempt_at": at}
-                case GiveUp(reason=reason):
-                    raise LaunchRefused(reason)
-            answer = _answer(move.action, clients, plan)
-            move = campaign.step(plan, move.run, answer, clock.wall())
+        return run_campaign(plan, clients, journal, pause_schedule_when_done)
     finally:
         journal.save_table()
+
+
+def run_campaign(plan: Plan, clients: OciClients, journal: _Journal, pause_when_done: bool) -> dict:
+    """Attempt after attempt, as the campaign's state machine says: done, paused or refused."""
+    move = campaign.start(load_state(plan.display_name))
+    while True:
+        if move.save:
+            save_state(plan.display_name, move.run.campaign)
+        journal.tell(move)
+        match move.action:
+            case Done() as done:
+                ip = _public_ip(
+                    clients, plan.compartment_id, done.instance.id, plan.assign_public_ip
+                )
+                result = journal.done(done, ip, move.run.campaign.attempts)
+                if pause_when_done:
+                    _pause_own_deployment(get_run_logger())
+                return result
+            case Stop(next_attempt_at=next_at):
+                at, attempts = campaign.iso(next_at), move.run.campaign.attempts
+                return {"status": "waiting", "attempts": attempts, "next_attempt_at": at}
+            case GiveUp(reason=reason):
+                raise LaunchRefused(reason)
+        answer = _answer(move.action, clients, plan)
+        move = campaign.step(plan, move.run, answer, clock.wall())
 
 
 def _answer(action, clients: OciClients, plan: Plan) -> Answer:

@@ -91,11 +91,22 @@ def backup_redis(
 @flow(name="verify-backups", log_prints=True, timeout_seconds=3600)
 def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = True) -> list[dict]:
     """Prove the backups: every retained file against its checksum, newest dumps restored."""
-    logger = get_run_logger()
     settings = get_settings()
     root, engine = Path(settings.backup_dir), engine_from_settings(settings)
-    rows, problems = [], []
+    rows, problems = check_every_file(root, engine)
+    restores = newest_restores(root, databases, redis, settings)
+    rows += restore_each(restores, engine, problems)
+    catalog.publish("verify-backups", rows, _ages_text(catalog.newest_verified(engine)))
+    if problems:
+        raise BackupError("backup verification failed:\n" + "\n".join(problems))
+    log = "Verified %d files and %d restores"
+    get_run_logger().info(log, len(rows) - len(restores), len(restores))
+    return rows
 
+
+def check_every_file(root: Path, engine) -> tuple[list[dict], list[str]]:
+    """Each retained file against its checksum; a mismatch is recorded as a failed check."""
+    rows, problems = [], []
     for bset in retained_sets(root):
         problem = verify_checksums(bset)
         rows.append(
@@ -103,16 +114,18 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
         )
         if problem:
             problems.append(problem)
+            label = bset.data.parent.parent.name
+            error = {"error": problem}
             catalog.record_verification(
-                engine,
-                bset.data.parent.parent.name,
-                str(bset.data),
-                None,
-                False,
-                {"error": problem},
-                clock.now(),
+                engine, label, str(bset.data), None, False, error, clock.now()
             )
+    return rows, problems
 
+
+def newest_restores(
+    root: Path, databases: list[str] | None, redis: bool, settings
+) -> list[tuple[str, Callable[[], dict]]]:
+    """The restores to prove: each database's newest dump, each Redis target's newest RDB."""
     restores: list[tuple[str, Callable[[], dict]]] = []
     pg_dir = root / "postgres"
     if databases or (pg_dir.is_dir() and any(pg_dir.iterdir())):
@@ -121,34 +134,27 @@ def verify_backups(databases: list[DatabaseName] | None = None, redis: bool = Tr
     if redis and (root / "redis").is_dir():
         for tdir in sorted(p for p in (root / "redis").iterdir() if p.is_dir()):
             restores.append((tdir.name, lambda d=tdir: verify_redis_restore(d)))
+    return restores
 
+
+def restore_each(restores, engine, problems: list[str]) -> list[dict]:
+    """Every restore tried, each recorded in the catalog; failures added to problems."""
+    rows = []
     for label, restore in restores:
         started = clock.now()
         try:
             result = restore()
-        except Exception as exc:  # noqa: BLE001 - every target is tried; the run fails below
+        except Exception as exc:  # noqa: BLE001 - every target is tried; the run fails after
             problems.append(f"{label}: {exc}")
             rows.append({"check": "restore", "file": label, "result": f"FAILED: {exc}"})
-            catalog.record_verification(
-                engine, label, "", None, False, {"error": str(exc)}, started
-            )
+            error = {"error": str(exc)}
+            catalog.record_verification(engine, label, "", None, False, error, started)
             continue
         rows.append({"check": "restore", "file": result["path"], "result": "ok"})
+        details = {k: str(v) for k, v in result.items()}
         catalog.record_verification(
-            engine,
-            label,
-            result["path"],
-            result["sha256"],
-            True,
-            {k: str(v) for k, v in result.items()},
-            started,
+            engine, label, result["path"], result["sha256"], True, details, started
         )
-
-    ages = catalog.newest_verified(engine)
-    catalog.publish("verify-backups", rows, _ages_text(ages))
-    if problems:
-        raise BackupError("backup verification failed:\n" + "\n".join(problems))
-    logger.info("Verified %d files and %d restores", len(rows) - len(restores), len(restores))
     return rows
 
 
