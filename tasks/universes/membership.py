@@ -48,7 +48,7 @@ def open_spells(conn: Connection, universe: str) -> dict[str, sa.Row]:
     return {r.symbol: r for r in conn.execute(query)}
 
 
-def _key(name: str | None) -> str:
+def name_key(name: str | None) -> str:
     return " ".join((name or "").lower().replace(",", " ").replace(".", " ").split())
 
 
@@ -76,9 +76,12 @@ def record_members(
     renamed = {
         s: m
         for s, m in now.items()
-        if s in stored and m.name and stored[s].name and _key(m.name) != _key(stored[s].name)
+        if s in stored
+        and m.name
+        and stored[s].name
+        and name_key(m.name) != name_key(stored[s].name)
     }
-    old_by_name = {_key(r.name): s for s, r in leavers.items() if r.name}
+    old_by_name = {name_key(r.name): s for s, r in leavers.items() if r.name}
     changes: list[Change] = []
     for symbol in sorted(leavers) + sorted(renamed):
         conn.execute(
@@ -87,7 +90,7 @@ def record_members(
             .values(valid_to=day)
         )
     for symbol, member in sorted(joiners.items()) + sorted(renamed.items()):
-        previous = old_by_name.pop(_key(member.name), None) if symbol in joiners else None
+        previous = old_by_name.pop(name_key(member.name), None) if symbol in joiners else None
         # Left and back on the same day: its spell starting today opens again.
         reopened = conn.execute(
             um.update()

@@ -45,6 +45,8 @@ class Universe:
     source: str  # the service, named in errors and stored with each row
     read: Callable[[dt.date], pd.DataFrame]  # raw rows: columns code, name, board
     size: tuple[int, int]  # a believable member count: outside it the answer is garbage
+    # The first day read(day) answers for a past day; None: the source gives today's only.
+    history_since: dt.date | None = None
 
 
 # ---------------------------------------------------------------------------- mapping
@@ -170,7 +172,23 @@ def universes(timeout_s: float = 30.0) -> dict[str, Universe]:
             Universe("nyse", "US", "naver", read_naver("NYSE"), (1000, 6000)),
             Universe("kospi", "KR", "krx", read_krx_listing("STK"), (500, 1500)),
             Universe("kosdaq", "KR", "krx", read_krx_listing("KSQ"), (800, 2500)),
-            Universe("kospi200", "KR", "krx", read_krx_index("1", "028", "STK"), (195, 205)),
-            Universe("kosdaq150", "KR", "krx", read_krx_index("2", "203", "KSQ"), (145, 155)),
+            # [11006] serves constituents from 2014-05-02 (pykrx refuses earlier days: KRX
+            # answers nothing); KOSDAQ 150 was first published on 2015-07-13.
+            Universe(
+                "kospi200",
+                "KR",
+                "krx",
+                read_krx_index("1", "028", "STK"),
+                (195, 205),
+                dt.date(2014, 5, 2),
+            ),
+            Universe(
+                "kosdaq150",
+                "KR",
+                "krx",
+                read_krx_index("2", "203", "KSQ"),
+                (145, 155),
+                dt.date(2015, 7, 13),
+            ),
         )
     }
