@@ -8,6 +8,13 @@ library's URLs untouched. The listings are attributes a test edits between two r
 (KOSDAQ 150) as [(code, name)], `sp500` and `naver["NASDAQ"|"NYSE"]` as [(symbol, name)].
 `broken[service] = "error" | "garbage"` makes krx, wikipedia or naver answer HTTP 503, or
 200 with a page that is not the listing (as a maintenance page does).
+
+KRX answers for a past trdDd as the real one does: `index_history[index]` holds the earlier
+members as [(until, [(code, name)])] in day order (members before `until`; `indexes` from the
+last `until` on), a non-trading day (a weekend, `holidays`) or a day before 2014-05-02 gets an
+empty `output`, and the last working day (B161) is the last trading day on or before `inDate`,
+never past `day`. `broken_days[day] = "error" | "garbage"` breaks the [11006] answer for one
+trdDd only.
 """
 
 from __future__ import annotations
@@ -26,6 +33,22 @@ from tests.fakes.tls import server_context
 
 KOSPI200 = ("1", "028")
 KOSDAQ150 = ("2", "203")
+# KRX closed on these weekdays (2023-12-29: the year's last day; 2024: New Year, Seollal,
+# 3.1, the general election, Labour Day, Children's Day, Buddha's Birthday, Memorial Day).
+KRX_HOLIDAYS = {
+    dt.date(2023, 12, 25),
+    dt.date(2023, 12, 29),
+    dt.date(2024, 1, 1),
+    dt.date(2024, 2, 9),
+    dt.date(2024, 2, 12),
+    dt.date(2024, 3, 1),
+    dt.date(2024, 4, 10),
+    dt.date(2024, 5, 1),
+    dt.date(2024, 5, 6),
+    dt.date(2024, 5, 15),
+    dt.date(2024, 6, 6),
+}
+KRX_FIRST_DAY = dt.date(2014, 5, 2)  # [11006] answers nothing for earlier days
 MAINTENANCE = "<html><body><h1>서비스 점검중입니다</h1></body></html>"
 
 
@@ -79,6 +102,9 @@ class FakeListings:
             + kr_codes(300000, kosdaq - 2),
         }
         self.indexes = {KOSPI200: self.krx["STK"][:200], KOSDAQ150: self.krx["KSQ"][:150]}
+        self.index_history: dict[tuple[str, str], list[tuple[dt.date, list]]] = {}
+        self.holidays = set(KRX_HOLIDAYS)
+        self.broken_days: dict[dt.date, str] = {}
         self.sp500 = [
             ("AAPL", "Apple Inc."),
             ("MSFT", "Microsoft"),
@@ -125,7 +151,9 @@ class FakeListings:
             if key == "B128.bld":
                 return Response(200, {"result": {"output": [{"max_work_dt": ymd}]}})
             if key == "B161.bld":
-                return Response(200, {"result": {"output": [{"bis_work_dt": ymd}]}})
+                asked = dt.datetime.strptime(req.query.get("inDate", ymd), "%Y%m%d").date()
+                worked = self.last_working_day(min(asked, self.day))
+                return Response(200, {"result": {"output": [{"bis_work_dt": f"{worked:%Y%m%d}"}]}})
             return Response(400, "unknown key")
         if req.path != "/comm/bldAttendant/getJsonData.cmd" or req.method != "POST":
             return Response(404, "not found")
@@ -139,9 +167,30 @@ class FakeListings:
             rows = [self.krx_row(c, n, b) for b in boards for c, n in self.krx.get(b, [])]
             return Response(200, {"OutBlock_1": rows, "CURRENT_DATETIME": ymd})
         if bld.endswith("MDCSTAT00601"):
-            members = self.indexes.get((form.get("indIdx"), form.get("indIdx2")), [])
+            day = dt.datetime.strptime(form.get("trdDd", ymd), "%Y%m%d").date()
+            fault = self.broken_days.get(day)
+            if fault == "error":
+                return Response(503, MAINTENANCE, {"Content-Type": "text/html; charset=utf-8"})
+            if fault == "garbage":
+                return Response(200, "LOGOUT", {"Content-Type": "text/html"})
+            members = self.index_members((form.get("indIdx"), form.get("indIdx2")), day)
             return Response(200, {"output": [self.index_row(c, n) for c, n in members]})
         return Response(200, {"error": f"bld {bld}"})
+
+    def trading(self, day: dt.date) -> bool:
+        return day.weekday() < 5 and day not in self.holidays and day >= KRX_FIRST_DAY
+
+    def last_working_day(self, day: dt.date) -> dt.date:
+        while not self.trading(day) and day > KRX_FIRST_DAY:
+            day -= dt.timedelta(days=1)
+        return day
+
+    def index_members(self, index: tuple, day: dt.date) -> list[tuple[str, str]]:
+        """The index's members on trdDd day: none on a day KRX did not trade."""
+        if not self.trading(day):
+            return []
+        earlier = [members for until, members in self.index_history.get(index, []) if day < until]
+        return earlier[0] if earlier else self.indexes.get(index, [])
 
     @staticmethod
     def krx_row(code: str, name: str, board: str) -> dict:
