@@ -14,6 +14,7 @@ from tasks.logs import run_id
 from tasks.params import PastDate, Seconds
 from tasks.settings import get_settings
 from tasks.store.engine import engine_from_settings
+from tasks.universes import history
 from tasks.universes.membership import Change, record_members
 from tasks.universes.route import routed
 from tasks.universes.sources import (
@@ -62,9 +63,13 @@ def read_listing(name: str, day: dt.date) -> tuple[list[Member], list[str]]:
 
 @flow(name="universes", timeout_seconds=1200)
 def refresh_universes(
-    names: list[str] | None = None, as_of: PastDate | None = None, retry_delay_s: Seconds = 10.0
+    names: list[str] | None = None,
+    as_of: PastDate | None = None,
+    retry_delay_s: Seconds = 10.0,
+    history_from: PastDate | None = None,
 ) -> dict:
-    """Read each universe's listing and record joiners, leavers and ticker changes."""
+    """Read each universe's listing and record joiners, leavers and ticker changes; with
+    history_from, first backfill the KRX indexes' membership from that day."""
     logger = get_run_logger()
     known = universes()
     names = names or US_UNIVERSES + KR_UNIVERSES
@@ -73,32 +78,79 @@ def refresh_universes(
         raise ValueError(f"unknown universes {unknown}: known are {sorted(known)}")
     day = as_of or clock.now().date()
     engine = engine_from_settings()
+    plans = history_plans(engine, [known[n] for n in names], history_from, day)
     changes: list[Change] = []
     failed: dict[str, str] = {}
     sizes: dict[str, int] = {}
+    backfilled: dict[str, int] = {}
     read = read_listing.with_options(retry_delay_seconds=[retry_delay_s, 6 * retry_delay_s])
     for name in names:
+        days, until = plans.get(name, ([], day))
         try:
             members, refused = read(name, day)
+            past = read_past(read, name, days)
         except Exception as exc:  # noqa: BLE001 - reported below, the other universes go on
             failed[name] = str(exc)
             logger.error("%s: %s", name, exc)
             continue
         if refused:
             logger.warning("%s: %d rows refused, e.g. %s", name, len(refused), refused[:5])
+        source = known[name].source
         with engine.begin() as conn:  # one universe lands whole or not at all
-            changes += record_members(conn, name, members, day, known[name].source, run_id())
+            changes += record_members(conn, name, members, day, source, run_id())
+            if name in plans:
+                spells = history.history_spells(past, until)
+                backfilled[name] = history.record_history(
+                    conn, name, spells, until, source, run_id()
+                )
         sizes[name] = len(members)
-    report(day, sizes, changes, failed)
+    report(day, sizes, changes, failed, backfilled)
     if failed:
         raise UniverseSourcesFailed(
             "stored membership left unchanged for: "
             + "; ".join(f"{n} ({why})" for n, why in failed.items())
         )
-    return {"day": str(day), "members": sizes, "changes": [asdict(c) for c in changes]}
+    return {
+        "day": str(day),
+        "members": sizes,
+        "changes": [asdict(c) for c in changes],
+        "history": backfilled,
+    }
 
 
-def report(day, sizes, changes, failed) -> None:
+def history_plans(engine, chosen, start, day) -> dict[str, tuple[list[dt.date], dt.date]]:
+    """Per universe to backfill: the past days to read and the day its stored history begins
+    (today's, when nothing is stored yet). Checked before any request."""
+    if start is None:
+        return {}
+    plans = {}
+    with engine.connect() as conn:
+        for universe in chosen:
+            if universe.history_since is None:
+                get_run_logger().warning(
+                    "%s: %s gives today's listing only, no history", universe.name, universe.source
+                )
+                continue
+            until = history.first_stored_day(conn, universe.name) or day
+            plans[universe.name] = (history.plan(universe, start, until), until)
+    return plans
+
+
+def read_past(read, name: str, days: list[dt.date]) -> list[tuple[dt.date, list[Member]]]:
+    """The listing as of each past day, one at a time; the first failure names its day."""
+    past = []
+    for i, day in enumerate(days):
+        if i:
+            clock.sleep(history.PAUSE_S)
+        try:
+            members, _ = read(name, day)
+        except Exception as exc:
+            raise SourceError(f"listing of {day}: {exc}") from exc
+        past.append((day, members))
+    return past
+
+
+def report(day, sizes, changes, failed, backfilled) -> None:
     """The run's artifacts: the changes as a table, and a summary per universe."""
     if changes:
         create_table_artifact(
@@ -113,6 +165,8 @@ def report(day, sizes, changes, failed) -> None:
         lines.append(
             f"- {name}: {size} members; " + ", ".join(f"{k} {v}" for k, v in kinds.items())
         )
+    for name, spells in backfilled.items():
+        lines.append(f"- {name}: history backfilled, {spells} spells before the stored ones")
     for name, why in failed.items():
         lines.append(f"- {name}: FAILED, membership unchanged: {why}")
     create_markdown_artifact("\n".join(lines) + "\n", key="universes-summary")

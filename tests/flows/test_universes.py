@@ -190,3 +190,90 @@ def test_a_universe_of_the_other_market_is_refused(listings, yahoo, pg_engine):
 
     with pytest.raises(ValueError, match="universe 'kospi200' is not a US universe"):
         ingest_us_prices.with_options(retries=0)(universe="kospi200")
+
+
+# -- history before the first run, from KRX's past listings ([11006] with a past trdDd)
+NEW_YEAR = dt.date(2024, 1, 1)  # a holiday: KRX answers with 2023-12-28, its last trading day
+
+
+def all_rows(engine, universe: str) -> list[tuple]:
+    with engine.connect() as conn:
+        query = sa.text(
+            "SELECT * FROM universe_members WHERE universe = :u ORDER BY symbol, valid_from"
+        )
+        return [tuple(r) for r in conn.execute(query, {"u": universe})]
+
+
+def with_history(listings):
+    """KOSPI 200 until 2024-03-15 (an ad-hoc change mid-month): `leaver` in, `joiner` out."""
+    now = listings.indexes[KOSPI200]
+    leaver, joiner = listings.krx["STK"][300], now[-1]
+    earlier = now[:-1] + [leaver]
+    listings.index_history[KOSPI200] = [(dt.date(2024, 3, 15), earlier)]
+    return {c + ".KS" for c, _ in earlier}, leaver[0] + ".KS", joiner[0] + ".KS"
+
+
+def past_trdDd(listings) -> list[str]:
+    forms = [r.body.decode() for r in listings.requests if r.path.endswith("getJsonData.cmd")]
+    return sorted(f.split("trdDd=")[1][:8] for f in forms if "MDCSTAT00601" in f)
+
+
+def test_history_is_backfilled_before_the_first_run_once(listings, pg_engine, monkeypatch):
+    monkeypatch.setattr("tasks.universes.history.PAUSE_S", 0.0)
+    refresh(["kospi200"], MON)
+    stored = all_rows(pg_engine, "kospi200")
+    assert members_as_of(pg_engine, "kospi200", dt.date(2024, 2, 15)) == []  # no history yet
+    earlier, leaver, joiner = with_history(listings)
+
+    result = refresh(["kospi200"], MON, history_from=NEW_YEAR)
+
+    # Each date before the first run answers with that date's members (the stand-in's truth).
+    for day in (NEW_YEAR, dt.date(2024, 2, 15), dt.date(2024, 3, 4)):
+        assert set(members_as_of(pg_engine, "kospi200", day)) == earlier
+    now = {c + ".KS" for c, _ in listings.indexes[KOSPI200]}
+    for day in (dt.date(2024, 4, 1), dt.date(2024, 5, 31), MON):
+        assert set(members_as_of(pg_engine, "kospi200", day)) == now
+    # The change of 2024-03-15 is dated to the first sample that sees it (the 1st of April).
+    after = spells(pg_engine, "kospi200")
+    assert after[leaver] == [(NEW_YEAR, dt.date(2024, 4, 1), None)]
+    assert after[joiner] == [(dt.date(2024, 4, 1), MON, None), (MON, None, None)]
+    assert after["005930.KS"] == [(NEW_YEAR, MON, None), (MON, None, None)]
+    assert result["history"] == {"kospi200": 201}
+    # The first run's rows are untouched: every one is still there, unchanged.
+    rows = all_rows(pg_engine, "kospi200")
+    assert set(stored) <= set(rows)
+    assert all(r[3] is not None and r[3] <= MON for r in rows if r not in stored)
+    # A sample on a non-trading day was asked for as KRX's last trading day before it.
+    asked = past_trdDd(listings)
+    assert "20231228" in asked and "20240101" not in asked and "20240301" not in asked
+
+    # The same backfill again finds nothing left to do and asks KRX nothing past.
+    again = refresh(["kospi200"], MON, history_from=NEW_YEAR)
+    assert again["history"] == {"kospi200": 0}
+    assert all_rows(pg_engine, "kospi200") == rows
+    assert past_trdDd(listings) == sorted(asked + ["20240603"])
+
+
+@pytest.mark.parametrize("fault", ["error", "garbage"])
+def test_a_failing_past_date_leaves_membership_unchanged(listings, pg_engine, monkeypatch, fault):
+    monkeypatch.setattr("tasks.universes.history.PAUSE_S", 0.0)
+    refresh(["kospi200"], MON)
+    stored = all_rows(pg_engine, "kospi200")
+    with_history(listings)
+    listings.broken_days[dt.date(2024, 4, 1)] = fault
+    with pytest.raises(
+        UniverseSourcesFailed, match=r"kospi200 \(listing of 2024-04-01: krx \(kospi200\)"
+    ):
+        refresh(["kospi200"], MON, history_from=NEW_YEAR)
+    assert all_rows(pg_engine, "kospi200") == stored
+    assert members_as_of(pg_engine, "kospi200", dt.date(2024, 2, 15)) == []
+
+
+def test_history_from_beyond_krx_reach_is_refused_before_any_request(listings, pg_engine):
+    with pytest.raises(ValueError, match=r"kospi200: krx has listings from 2014-05-02"):
+        refresh(["kospi200"], MON, history_from=dt.date(2014, 1, 2))
+    with pytest.raises(
+        ValueError, match=r"at most 100 a run: give history_from 2017-05-01 or later"
+    ):
+        refresh(["kospi200"], MON, history_from=dt.date(2014, 5, 2))
+    assert listings.requests == [] and all_rows(pg_engine, "kospi200") == []
