@@ -277,3 +277,19 @@ def test_history_from_beyond_krx_reach_is_refused_before_any_request(listings, p
     ):
         refresh(["kospi200"], MON, history_from=dt.date(2014, 5, 2))
     assert listings.requests == [] and all_rows(pg_engine, "kospi200") == []
+
+
+def test_a_first_run_with_history_from_lands_both_and_leaves_others_as_usual(
+    listings, pg_engine, monkeypatch
+):
+    monkeypatch.setattr("tasks.universes.history.PAUSE_S", 0.0)
+    earlier, leaver, joiner = with_history(listings)
+    result = refresh(["kospi200", "sp500"], MON, history_from=dt.date(2024, 3, 4))
+    assert result["history"] == {"kospi200": 201}  # sp500's source has no past listings
+    assert set(members_as_of(pg_engine, "kospi200", dt.date(2024, 3, 4))) == earlier
+    assert spells(pg_engine, "kospi200")[joiner] == [
+        (dt.date(2024, 4, 1), MON, None),
+        (MON, None, None),
+    ]
+    assert members_as_of(pg_engine, "sp500", dt.date(2024, 5, 31)) == []
+    assert len(members_as_of(pg_engine, "sp500", MON)) == 503
