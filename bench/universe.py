@@ -23,6 +23,7 @@ import datetime as dt
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -225,6 +226,7 @@ def main(backend: str) -> None:
                     ]
     except BaseException:
         print(server.log()[-3000:])
+        print(f"the server's and the worker's logs are kept in {home}")
         raise
     finally:
         server.stop()
@@ -285,6 +287,7 @@ def main(backend: str) -> None:
     out = ROOT / "bench" / "results" / "universe.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out}")
+    shutil.rmtree(home)  # the server's database and the logs: ~45 MB a run
 
 
 if __name__ == "__main__":
