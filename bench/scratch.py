@@ -14,12 +14,17 @@ ADMIN_URL = os.environ.get(
 )
 
 
-def create_store(admin_url: str = ADMIN_URL, prefix: str = "investflow_bench") -> str:
-    """Create and migrate an empty database; return its URL."""
+def create_database(admin_url: str = ADMIN_URL, prefix: str = "investflow_bench") -> str:
+    """Create an empty database; return its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def create_store(admin_url: str = ADMIN_URL, prefix: str = "investflow_bench") -> str:
+    """Create and migrate an empty database; return its URL."""
+    url = create_database(admin_url, prefix)
     migrate(url)
     return url
 

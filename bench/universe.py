@@ -1,20 +1,29 @@
 """Bench: a 9,000-symbol market (NASDAQ 5,000 + NYSE 4,000 from the listing stand-in) through the
 universes flow and market-prices' child runs of us-prices, on a real process worker.
 
-Run: .venv/bin/python bench/universe.py  (needs PostgreSQL at 127.0.0.1:5432; ~15 minutes here)
+Run: .venv/bin/python bench/universe.py [--server sqlite|postgresql]  (needs PostgreSQL at
+127.0.0.1:5432 for the market store; ~15 minutes here)
 Measures: the universes flow itself (all seven universes, 9,000 US + 2,000 KR symbols: wall,
 peak RSS, requests); the market's daily run (see START) with the rate limit as good as off
 (our own time: parent wall, each child's wall and peak RSS, requests per symbol); projected at
 Yahoo's polite 4 requests a second, with one budget per child (each Fargate task its own
 address) and with one shared budget (one NAT address).
+
+The Prefect server is a real `prefect server start`, run with what make up's runs
+(deployments/local_stack.py, SERVER_SETTINGS: event ordering and SQLite writes that begin
+IMMEDIATE), on its own SQLite file or (--server postgresql) on a PostgreSQL database it
+creates and drops.
 """
 
 from __future__ import annotations
 
+import argparse
+import collections
 import datetime as dt
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -104,7 +113,6 @@ def market_run(client, parent, child_name: str, as_of: str, start: str | None):
             "child_deployment": f"us-prices/{child_name}",
             "start": start,
             "as_of": as_of,
-            "poll_interval_s": 1,
         },
     )
     done = stack.wait_for_final_state(run.id, timeout=3600)
@@ -113,12 +121,37 @@ def market_run(client, parent, child_name: str, as_of: str, start: str | None):
     return done, time.perf_counter() - began
 
 
-def main() -> None:
+def load() -> str:
+    return Path("/proc/loadavg").read_text().strip()
+
+
+def prefect_server(backend: str, home: Path):
+    """A Prefect server as make up runs it, on its own SQLite file or a fresh PostgreSQL
+    database (not started yet)."""
+    from bench.scratch import create_database
+    from deployments.local_stack import SERVER_SETTINGS
+    from tests.deployments.stack import ServerProcess
+
+    home.mkdir(parents=True)
+    url = f"sqlite+aiosqlite:///{home}/prefect.db"
+    if backend == "postgresql":
+        url = create_database(prefix="investflow_bench_prefect")
+        url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return ServerProcess(home, url, PREFECT_SERVER_ANALYTICS_ENABLED="false", **SERVER_SETTINGS)
+
+
+def main(backend: str) -> None:
+    home = Path(tempfile.mkdtemp(prefix="bench-universe-"))
+    # Prefect reads its settings when first imported: this process's client talks to the
+    # bench's own server and keeps its state out of the developer's ~/.prefect.
+    os.environ.update(PREFECT_HOME=str(home / "client"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    load_before = load()
+    server = prefect_server(backend, home / "server")
+    os.environ.update(PREFECT_API_URL=server.api_url)
+
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
 
     from bench.scratch import create_store, drop_store
     from flows.market import ingest_market_prices
@@ -130,20 +163,18 @@ def main() -> None:
     from tests.flows.test_market_split import deploy
 
     db_url = create_store()
-    logs = Path(tempfile.mkdtemp(prefix="bench-universe-"))
+    logs = home / "logs"
+    logs.mkdir()
     try:
-        with (
-            FakeYahoo() as yahoo,
-            FakeListings(nasdaq=NASDAQ, nyse=NYSE) as listings,
-            prefect_test_harness(server_startup_timeout=120),
-        ):
+        server.start()
+        with FakeYahoo() as yahoo, FakeListings(nasdaq=NASDAQ, nyse=NYSE) as listings:
             set_limit("yahoo", RATE_SLOTS, RATE_PER_S)
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,
                 **yahoo.env(),
                 **listings.env(),
-                PREFECT_API_URL=PREFECT_API_URL.value(),
+                PREFECT_API_URL=server.api_url,
                 PREFECT_LOGGING_LEVEL="WARNING",
                 PYTHONPATH=str(ROOT),
                 INVESTFLOW_CODE_DIR=str(ROOT),
@@ -178,6 +209,13 @@ def main() -> None:
                     sampler.join()
                     requests = len(yahoo.requests) - before_all
                     chart = len(yahoo.chart_requests()) - before_chart
+                    asked = collections.Counter(
+                        r.path.rsplit("/", 1)[1] for r in yahoo.chart_requests()[before_chart:]
+                    )
+                    members = {
+                        s.replace(".", "-")
+                        for s, _ in listings.naver["NASDAQ"] + listings.naver["NYSE"]
+                    }
                     children = [
                         c
                         for c in client.read_flow_runs(
@@ -185,8 +223,18 @@ def main() -> None:
                         )
                         if c.start_time and c.start_time >= done.start_time
                     ]
+    except BaseException:
+        print(server.log()[-3000:])
+        print(f"the server's and the worker's logs are kept in {home}")
+        raise
     finally:
+        server.stop()
+        # The lock SQLite's writers wait for; a count above 0 means a write gave up.
+        locked = server.log().count("database is locked")
         drop_store(db_url)
+        if backend == "postgresql":
+            drop_store(server.env["PREFECT_SERVER_DATABASE_CONNECTION_URL"])
+    load_after = load()
 
     symbols = NASDAQ + NYSE
     child_rows = sorted(
@@ -221,21 +269,30 @@ def main() -> None:
         "daily_requests": requests,
         "daily_chart_requests": chart,
         "requests_per_symbol": round(requests / symbols, 3),
+        "symbols_fetched_twice": sum(1 for n in asked.values() if n > 1),
+        "symbols_missed": len(members - set(asked)),
         "projected_polite_own_budgets_min": round(projected_own / 60, 1),
         "projected_polite_one_budget_min": round(projected_shared / 60, 1),
         "per_child": PER_CHILD,
         "parallel": PARALLEL,
         "rate_limit_per_s": RATE_PER_S,
+        "prefect_server": backend,
+        "server_database_locked_lines": locked,
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
     }
     for key, value in figures.items():
         print(f"{key:>34}: {value}")
     out = ROOT / "bench" / "results" / "universe.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"wrote {out}")
+    shutil.rmtree(home)  # the server's database and the logs: ~45 MB a run
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "universes":
         child_universes()
     else:
-        main()
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--server", choices=["sqlite", "postgresql"], default="sqlite")
+        main(parser.parse_args().server)
