@@ -36,6 +36,9 @@ from tasks.universes.membership import fetch_list
 
 LISTINGS = {"US": ["nasdaq", "nyse"], "KR": ["kospi", "kosdaq"]}
 CHILD_POLL_S = 5.0  # between looks at a child run's state: small beside a child's minutes
+# The most a child may wait for its share of a shared rate budget: two thirds of the price
+# flows' 30-minute timeout, the rest left for its own work.
+CHILD_WAIT_S = 20 * 60
 
 
 class ChildRunsFailed(RuntimeError):
@@ -59,6 +62,19 @@ def child_limits(base: str, parallel: int) -> list[str]:
     for name in names:
         set_limit(name, limit.limit, limit.slot_decay_per_second)
     return names
+
+
+def part_size(base: str, per_child: int, shared: bool, parallel: int) -> int:
+    """per_child, or less where the children share one rate budget (one NAT address): at a
+    parallel-th of base's rate, a part must be fetched within CHILD_WAIT_S."""
+    if not shared:
+        return per_child
+    ensure_rate_limit(base)
+    with get_client(sync_client=True) as client:
+        rate = client.read_global_concurrency_limit_by_name(base).slot_decay_per_second
+    if not rate:  # slots freed when released, not by time: no rate to wait for
+        return per_child
+    return max(1, min(per_child, int(CHILD_WAIT_S * rate / parallel)))
 
 
 def wave_limits(base: str, per_child: bool, parallel: int, parts: int) -> list:
@@ -90,13 +106,14 @@ def ingest_market_prices(
     engine = engine_from_settings(settings)
     now = as_utc(as_of)
     symbols = market_members(engine, universes or LISTINGS[market], now.date(), settings)
-    parts = split(symbols, per_child)
+    size = part_size(rate_limit, per_child, not rate_limit_per_child, parallel)
+    parts = split(symbols, size)
     deployment = child_deployment or f"{market.lower()}-prices/{market.lower()}-prices"
     limits = wave_limits(rate_limit, rate_limit_per_child, parallel, len(parts))
     gate = f"{market.lower()}-prices-children"
     set_limit(gate, parallel)
-    log = "%d symbols in %d child runs of %s, %d at once"
-    get_run_logger().info(log, len(symbols), len(parts), deployment, parallel)
+    log = "%d symbols in %d child runs of %s (at most %d each), %d at once"
+    get_run_logger().info(log, len(symbols), len(parts), deployment, size, parallel)
     # What every child is asked besides its symbols and its rate limit.
     asked = {
         "start": str(start) if start else None,

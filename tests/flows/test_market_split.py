@@ -15,7 +15,7 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
 from flows.listings import refresh_universes
-from flows.market import split
+from flows.market import CHILD_WAIT_S, part_size, split
 from tasks.limits import set_limit
 from tests.deployments import stack
 
@@ -29,6 +29,19 @@ def test_split_covers_every_symbol_once_in_even_parts():
     parts = split(symbols + symbols[:10], 1500)
     assert len(parts) == 7 and max(map(len, parts)) - min(map(len, parts)) <= 1
     assert sorted(s for p in parts for s in p) == sorted(symbols)
+
+
+def test_children_sharing_one_address_get_parts_they_can_fetch_before_their_timeout():
+    """Behind one NAT address every child takes the one `yahoo` budget: four children of 1,500
+    at a quarter of 4 requests a second each would wait 25 of their 30 minutes."""
+    set_limit("test-shared-yahoo", 4, 4.0)
+    shared = part_size("test-shared-yahoo", 1500, shared=True, parallel=4)
+    assert shared < 1500
+    assert shared / (4.0 / 4) <= CHILD_WAIT_S < 30 * 60  # its share of the rate, in time
+    assert len(split([f"S{i:05d}" for i in range(9000)], shared)) == -(-9000 // shared)
+    # Its own budget, or only two at once, leaves the asked size as it is.
+    assert part_size("test-shared-yahoo", 1500, shared=False, parallel=4) == 1500
+    assert part_size("test-shared-yahoo", 1500, shared=True, parallel=2) == 1500
 
 
 def pull_steps() -> list:
