@@ -30,13 +30,22 @@ _HEADER = 19  # PGCOPY signature (11) + flags (4) + extension length (4)
 
 # Every column of the COPY fixed-width: the symbol as its index in the array asked for,
 # volume as float8, NULL as NaN (a NULL would drop a field's payload and shift the row).
+# The symbols are joined as a table (unnest WITH ORDINALITY: its index comes with it) and each
+# is read by its own range scan of the primary key (symbol, trade_date): the rows come out in
+# the order asked, dates ascending. OFFSET 0 keeps the planner from flattening the LATERAL
+# into a plain join, which for a whole table's symbols it hashes (spilling to disk, 0.6 s
+# against 0.45 s); array_position per row, as this once did, cost 6-7 s for 500 symbols.
 _PG_PRICES = """
 COPY (
-  SELECT array_position(%(symbols)s::text[], symbol)::int4, trade_date,
-         open, high, low, close, coalesce(adj_close, 'NaN'::float8),
-         coalesce(volume::float8, 'NaN'::float8)
-  FROM daily_prices
-  WHERE symbol = ANY(%(symbols)s::text[]) AND trade_date BETWEEN %(start)s AND %(end)s
+  SELECT (s.n - 1)::int4, p.trade_date, p.open, p.high, p.low, p.close, p.adj_close, p.volume
+  FROM unnest(%(symbols)s::text[]) WITH ORDINALITY AS s(symbol, n)
+  CROSS JOIN LATERAL (
+    SELECT trade_date, open, high, low, close, coalesce(adj_close, 'NaN'::float8) AS adj_close,
+           coalesce(volume::float8, 'NaN'::float8) AS volume
+    FROM daily_prices
+    WHERE symbol = s.symbol AND trade_date BETWEEN %(start)s AND %(end)s
+    OFFSET 0
+  ) p
 ) TO STDOUT (FORMAT BINARY)
 """
 _ROW = np.dtype(
@@ -159,7 +168,7 @@ def _prices_postgres(engine: Engine, names, first, last) -> pd.DataFrame:
         taken[name] = values.astype(dtype)
     del rows, buffer  # the frame below is built without the COPY's bytes alive
     days = (taken.pop("date") + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
-    codes = taken.pop("symbol") - 1  # array_position is 1-based
+    codes = taken.pop("symbol")
     return _frame(codes, days.astype("datetime64[ns]"), taken, names)
 
 
