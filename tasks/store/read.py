@@ -7,8 +7,9 @@
 
 On PostgreSQL prices come through one binary `COPY (SELECT ...) TO STDOUT` whose rows are all
 the same width (the symbol sent as its position in the list asked for, NULLs as NaN), decoded
-by numpy in place: about what the COPY itself costs, with no Python object per value. SQLite
-reads the same query through its cursor.
+by numpy a few MB at a time straight into the frame's columns: about what the COPY itself
+costs, with no Python object per value and no second copy of the rows. SQLite reads the same
+rows through its cursor.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
 ADJUSTED = ("open", "high", "low", "close")
 _FAR_PAST, _FAR_FUTURE = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
 _PG_EPOCH = np.datetime64("2000-01-01", "D")
+_PG_EPOCH_DAYS = int(_PG_EPOCH.astype(np.int64))  # days from 1970 to 2000
+_NS_PER_DAY = 86_400 * 10**9
 _HEADER = 19  # PGCOPY signature (11) + flags (4) + extension length (4)
+_PIECE = 4 << 20  # bytes of COPY decoded at a time
 
 # Every column of the COPY fixed-width: the symbol as its index in the array asked for,
 # volume as float8, NULL as NaN (a NULL would drop a field's payload and shift the row).
@@ -48,6 +52,7 @@ COPY (
   ) p
 ) TO STDOUT (FORMAT BINARY)
 """
+_FIELDS = 2 + len(PRICE_COLUMNS)
 _ROW = np.dtype(
     [("n", ">i2"), ("ls", ">i4"), ("symbol", ">i4"), ("ld", ">i4"), ("date", ">i4")]
     + [x for c in PRICE_COLUMNS for x in ((f"l_{c}", ">i4"), (c, ">f8"))]
@@ -117,14 +122,14 @@ def read_prices(
     if first > last:
         raise ValueError(f"read_prices: start {first} is after end {last}")
     if engine.dialect.name == "postgresql":
-        frame = _prices_postgres(engine, names, first, last)
+        codes, days, values = _prices_postgres(engine, names, first, last)
     else:
-        frame = _prices_sqlite(engine, names, first, last)
-    if adjusted and len(frame):
-        factor = _dividend_factors(engine, names, frame, first)
+        codes, days, values = _prices_sqlite(engine, names, first, last)
+    if adjusted and len(days):
+        factor = _dividend_factors(engine, names, codes, days, first)
         for column in ADJUSTED:
-            frame[column] = frame[column].to_numpy() * factor
-    return frame
+            values[column] *= factor  # in place: no second copy
+    return _frame(codes, days, values, names)
 
 
 def read_prices_wide(
@@ -140,78 +145,112 @@ def read_prices_wide(
 
 
 def _frame(codes, days, values: dict[str, np.ndarray], names: list[str]) -> pd.DataFrame:
+    """The long frame over the arrays as they are (copy=False: no column copied or stacked)."""
     symbol = pd.Categorical.from_codes(codes, categories=names)
-    return pd.DataFrame({"symbol": symbol, "trade_date": days, **values})
+    return pd.DataFrame({"symbol": symbol, "trade_date": days, **values}, copy=False)
 
 
-def _prices_postgres(engine: Engine, names, first, last) -> pd.DataFrame:
-    buffer = bytearray()
+def _prices_postgres(engine: Engine, names, first, last):
+    """Codes, days (datetime64[ns]) and the price columns of the COPY, sorted."""
+    columns = {
+        "symbol": np.empty(0, np.int16 if len(names) < 2**15 else np.int32),
+        "trade_date": np.empty(0, "datetime64[ns]"),
+    } | {c: np.empty(0) for c in PRICE_COLUMNS}  # fmt: skip
+    pending, skip, count = bytearray(), _HEADER, 0
     with engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()
         params = {"symbols": names, "start": first, "end": last}
         with cursor.copy(_PG_PRICES, params) as copy:
+            # Decoded a few MB at a time into the columns, so the COPY's bytes (90 a row,
+            # more than the frame's 58) are never all held beside the columns made of them.
             for block in copy:
-                buffer += block
-    rows = np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
-    # Sorted here, not by the query: the server's collation may order symbols otherwise, and
-    # an ORDER BY would make it sort (or walk the index) what numpy sorts in a blink. Each
-    # column is taken in order on its own, so no second copy of the whole buffer is made.
-    key = rows["symbol"].astype(np.int64) << 32 | (rows["date"].astype(np.int64) + (1 << 31))
-    order = None if not len(key) or (np.diff(key) > 0).all() else np.argsort(key, kind="stable")
-    del key
+                pending += block
+                if len(pending) >= _PIECE:
+                    pending, count = _decode(pending, skip, columns, count)
+                    skip = 0
+    pending, count = _decode(pending, skip, columns, count)
+    if bytes(pending) != b"\xff\xff":  # what is left must be the trailer alone
+        raise RuntimeError(f"read_prices: COPY ended with {len(pending)} stray bytes")
+    for array in columns.values():
+        array.resize(count, refcheck=False)
+    codes, days = columns.pop("symbol"), columns.pop("trade_date")
+    # The server sends each symbol's range scan in turn, so this only checks; the sort is a
+    # guard against a plan that reads otherwise.
+    step = np.diff(codes)
+    if ((step < 0) | ((step == 0) & (np.diff(days) <= np.timedelta64(0)))).any():
+        order = np.lexsort((days, codes))
+        codes, days = codes[order], days[order]
+        columns = {c: v[order] for c, v in columns.items()}
+    return codes, days, columns
 
-    taken = {}
-    for name, dtype in [("date", np.int64), ("symbol", np.int32)] + [
-        (c, np.float64) for c in PRICE_COLUMNS
-    ]:
-        values = rows[name] if order is None else rows[name][order]
-        taken[name] = values.astype(dtype)
-    del rows, buffer  # the frame below is built without the COPY's bytes alive
-    days = (taken.pop("date") + _PG_EPOCH.astype(np.int64)).astype("datetime64[D]")
-    codes = taken.pop("symbol")
-    return _frame(codes, days.astype("datetime64[ns]"), taken, names)
+
+def _decode(pending: bytearray, skip: int, columns: dict, count: int) -> tuple[bytearray, int]:
+    """Append the whole rows in pending[skip:] to columns (of which count are filled); return
+    the bytes left over and the new count.
+
+    The columns grow in place (ndarray.resize: realloc, which moves a large block's pages
+    instead of copying them), so no piece is held twice; they are cut to size at the end.
+    """
+    added = (len(pending) - skip) // _ROW.itemsize
+    rows = np.frombuffer(pending, dtype=_ROW, count=added, offset=skip)
+    if (rows["n"] != _FIELDS).any():
+        raise RuntimeError("read_prices: a COPY row has an unexpected number of fields")
+    end = count + added
+    if end > len(columns["close"]):
+        capacity = max(end, 2 * len(columns["close"]))
+        for array in columns.values():
+            array.resize(capacity, refcheck=False)
+    columns["symbol"][count:end] = rows["symbol"]
+    days = columns["trade_date"][count:end].view(np.int64)
+    days[:] = rows["date"]  # days since 2000-01-01, made nanoseconds since 1970 in place
+    days += _PG_EPOCH_DAYS
+    days *= _NS_PER_DAY
+    for column in PRICE_COLUMNS:
+        columns[column][count:end] = rows[column]  # byte-swapped as it is copied
+    return pending[skip + added * _ROW.itemsize :], end
 
 
-def _prices_sqlite(engine: Engine, names, first, last) -> pd.DataFrame:
+def _prices_sqlite(engine: Engine, names, first, last):
     query = sa.text(
         "SELECT symbol, trade_date, open, high, low, close, adj_close, volume FROM daily_prices "
-        "WHERE symbol IN :symbols AND trade_date BETWEEN :start AND :end "
-        "ORDER BY symbol, trade_date"
+        "WHERE symbol IN :symbols AND trade_date BETWEEN :start AND :end"
     ).bindparams(sa.bindparam("symbols", expanding=True))
     with engine.connect() as conn:
         result = conn.execute(query, {"symbols": names, "start": first, "end": last}).all()
     if not result:
         empty = {c: np.array([], dtype=np.float64) for c in PRICE_COLUMNS}
-        return _frame(np.array([], dtype=np.int32), np.array([], "datetime64[ns]"), empty, names)
+        return np.array([], dtype=np.int32), np.array([], "datetime64[ns]"), empty
     columns = list(zip(*result, strict=True))
     position = {s: i for i, s in enumerate(names)}
     codes = np.array([position[s] for s in columns[0]], dtype=np.int32)
     days = pd.to_datetime(pd.Series(columns[1])).to_numpy(dtype="datetime64[ns]")
+    # Sorted by the symbols' order in names (Python's, as on PostgreSQL), then date.
+    order = np.lexsort((days, codes))
     values = {
-        c: np.array(columns[i + 2], dtype=np.float64)  # None -> NaN
+        c: np.array(columns[i + 2], dtype=np.float64)[order]  # None -> NaN
         for i, c in enumerate(PRICE_COLUMNS)
     }
-    frame = _frame(codes, days, values, names)
-    # SQLite compares text byte by byte, as Python does; sorted the same way on both backends.
-    return frame.sort_values(["symbol", "trade_date"], kind="stable").reset_index(drop=True)
+    return codes[order], days[order], values
 
 
-def _dividend_factors(engine: Engine, names, frame: pd.DataFrame, first) -> np.ndarray:
-    """Per row of frame: the product of (1 - D / previous close) of the dividends after it."""
+def _dividend_factors(engine: Engine, names, codes, days, first) -> np.ndarray:
+    """Per row: the product of (1 - D / previous close) of the dividends after it.
+
+    The rows are sorted by symbol code, so each symbol's rows are one slice of them.
+    """
     query = sa.text(_DIVIDENDS).bindparams(sa.bindparam("symbols", expanding=True))
     with engine.connect() as conn:
         rows = conn.execute(query, {"symbols": names, "start": first}).all()
-    factor = np.ones(len(frame))
+    factor = np.ones(len(days))
     if not rows:
         return factor
     dividends = pd.DataFrame(rows, columns=["symbol", "date", "value", "prev_close"])
     dividends = dividends[dividends["prev_close"].notna() & (dividends["prev_close"] > 0)]
-    codes = frame["symbol"].cat.codes.to_numpy()
-    days = frame["trade_date"].to_numpy()
     position = {s: i for i, s in enumerate(names)}
+    bounds = np.searchsorted(codes, np.arange(len(names) + 1))
     for symbol, paid in dividends.groupby("symbol", sort=False):
-        mine = np.flatnonzero(codes == position[symbol])
-        if not len(mine):
+        mine = slice(bounds[position[symbol]], bounds[position[symbol] + 1])
+        if mine.start == mine.stop:
             continue
         ex = pd.to_datetime(paid["date"]).to_numpy(dtype="datetime64[ns]")
         step = 1.0 - paid["value"].to_numpy(float) / paid["prev_close"].to_numpy(float)

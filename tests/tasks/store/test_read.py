@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from fredapi import Fred
 
 from flows.macro import ingest_macro
+from tasks.store import read as store_read
 from tasks.store.read import read_macro, read_prices, read_prices_wide
 from tasks.store.schema import daily_prices
 from tasks.store.upsert import upsert_frame
@@ -130,6 +131,22 @@ def test_bad_arguments_are_named(store):
     with pytest.raises(ValueError, match="'vwap'"):
         read_prices_wide(store, ["AAPL"], field="vwap")
     assert read_prices(store, ["NOSUCH"]).empty
+
+
+def test_postgres_rows_decoded_piece_by_piece_equal_one_piece(pg_engine, monkeypatch):
+    """The COPY is decoded a few MB at a time: pieces that end mid-row, columns that grow
+    as they go, and a server order that needs the sort give the same frame."""
+    stored_prices(pg_engine)
+    whole = read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True)
+    monkeypatch.setattr(store_read, "_PIECE", 1000)  # 11.1 rows: most pieces split a row
+    pd.testing.assert_frame_equal(
+        read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
+    )
+    newest_first = store_read._PG_PRICES.replace("OFFSET 0", "ORDER BY trade_date DESC OFFSET 0")
+    monkeypatch.setattr(store_read, "_PG_PRICES", newest_first)
+    pd.testing.assert_frame_equal(
+        read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
+    )
 
 
 KEY = "abcdef0123456789abcdef0123456789"
