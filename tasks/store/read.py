@@ -244,20 +244,26 @@ def _dividend_factors(engine: Engine, names, codes, days, first) -> np.ndarray:
     factor = np.ones(len(days))
     if not rows:
         return factor
-    dividends = pd.DataFrame(rows, columns=["symbol", "date", "value", "prev_close"])
-    dividends = dividends[dividends["prev_close"].notna() & (dividends["prev_close"] > 0)]
+    # Converted once for all symbols: a pandas step per symbol cost 0.25 s for 500 of them.
+    symbol, ex_date, value, prev_close = zip(*rows, strict=True)
+    prev = np.array(prev_close, dtype=np.float64)  # None (no session before) -> NaN
+    kept = np.flatnonzero(prev > 0)  # NaN compares False
+    step = 1.0 - np.array(value, dtype=np.float64)[kept] / prev[kept]
+    ex = pd.to_datetime(pd.Series(ex_date)).to_numpy(dtype="datetime64[ns]")[kept]
+    symbol = [symbol[i] for i in kept]
     position = {s: i for i, s in enumerate(names)}
     bounds = np.searchsorted(codes, np.arange(len(names) + 1))
-    for symbol, paid in dividends.groupby("symbol", sort=False):
-        mine = slice(bounds[position[symbol]], bounds[position[symbol] + 1])
+    # The query orders by symbol, then date: each symbol's dividends are one run.
+    starts = [i for i in range(len(symbol)) if i == 0 or symbol[i] != symbol[i - 1]]
+    for begin, stop in zip(starts, [*starts[1:], len(symbol)], strict=True):
+        code = position[symbol[begin]]
+        mine = slice(bounds[code], bounds[code + 1])
         if mine.start == mine.stop:
             continue
-        ex = pd.to_datetime(paid["date"]).to_numpy(dtype="datetime64[ns]")
-        step = 1.0 - paid["value"].to_numpy(float) / paid["prev_close"].to_numpy(float)
         # Suffix products: after[k] = product of the steps of dividends k, k+1, ...
-        after = np.append(np.cumprod(step[::-1])[::-1], 1.0)
+        after = np.append(np.cumprod(step[begin:stop][::-1])[::-1], 1.0)
         # A session before ex-date k is scaled by every dividend from k on.
-        factor[mine] = after[np.searchsorted(ex, days[mine], side="right")]
+        factor[mine] = after[np.searchsorted(ex[begin:stop], days[mine], side="right")]
     return factor
 
 
