@@ -25,6 +25,7 @@ from tasks.store.schema import macro_vintages
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
 ADJUSTED = ("open", "high", "low", "close")
+_UNKNOWN = object()
 _FAR_PAST, _FAR_FUTURE = dt.date(1900, 1, 1), dt.date(2999, 12, 31)
 _PG_EPOCH = np.datetime64("2000-01-01", "D")
 _PG_EPOCH_DAYS = int(_PG_EPOCH.astype(np.int64))  # days from 1970 to 2000
@@ -58,12 +59,16 @@ _ROW = np.dtype(
     + [x for c in PRICE_COLUMNS for x in ((f"l_{c}", ">i4"), (c, ">f8"))]
 )
 
-# Each dividend with the stored close of the session before it: its adjustment factor.
+# Each dividend with the stored close of the session before it: its adjustment factor. The
+# close is looked up (one index probe a dividend) only when :lookup_all is true or the
+# ex-date is past :end; the frame read holds the closes before the others.
 _DIVIDENDS = """
 SELECT a.symbol, a.action_date, a.value,
-       (SELECT p.close FROM daily_prices p
-        WHERE p.symbol = a.symbol AND p.trade_date < a.action_date
-        ORDER BY p.trade_date DESC LIMIT 1) AS prev_close
+       CASE WHEN :lookup_all OR a.action_date > :end THEN
+         (SELECT p.close FROM daily_prices p
+          WHERE p.symbol = a.symbol AND p.trade_date < a.action_date
+          ORDER BY p.trade_date DESC LIMIT 1)
+       END AS prev_close
 FROM corporate_actions a
 WHERE a.action_type = 'dividend' AND a.symbol IN :symbols AND a.action_date > :start
 ORDER BY a.symbol, a.action_date
@@ -126,7 +131,7 @@ def read_prices(
     else:
         codes, days, values = _prices_sqlite(engine, names, first, last)
     if adjusted and len(days):
-        factor = _dividend_factors(engine, names, codes, days, first)
+        factor = _dividend_factors(engine, names, codes, days, values["close"], first, last)
         for column in ADJUSTED:
             values[column] *= factor  # in place: no second copy
     return _frame(codes, days, values, names)
@@ -233,17 +238,27 @@ def _prices_sqlite(engine: Engine, names, first, last):
     return codes[order], days[order], values
 
 
-def _dividend_factors(engine: Engine, names, codes, days, first) -> np.ndarray:
+def _dividend_factors(engine: Engine, names, codes, days, close, first, last) -> np.ndarray:
     """Per row: the product of (1 - D / previous close) of the dividends after it.
 
     The rows are sorted by symbol code, so each symbol's rows are one slice of them.
     """
     query = sa.text(_DIVIDENDS).bindparams(sa.bindparam("symbols", expanding=True))
+    params = {"symbols": names, "start": first, "end": last, "lookup_all": False}
     with engine.connect() as conn:
-        rows = conn.execute(query, {"symbols": names, "start": first}).all()
+        rows = conn.execute(query, params).all()
     factor = np.ones(len(days))
     if not rows:
         return factor
+    position = {s: i for i, s in enumerate(names)}
+    bounds = np.searchsorted(codes, np.arange(len(names) + 1))
+    rows = _previous_closes(rows, position, bounds, days, close, last)
+    # A symbol with no row read before one of its ex-dates (the range starts just before it):
+    # its dividends' previous closes are looked up in the store.
+    if unknown := sorted({r[0] for r in rows if r[3] is _UNKNOWN}):
+        with engine.connect() as conn:
+            looked_up = conn.execute(query, params | {"symbols": unknown, "lookup_all": True}).all()
+        rows = [r for r in rows if r[0] not in set(unknown)] + looked_up
     # Converted once for all symbols: a pandas step per symbol cost 0.25 s for 500 of them.
     symbol, ex_date, value, prev_close = zip(*rows, strict=True)
     prev = np.array(prev_close, dtype=np.float64)  # None (no session before) -> NaN
@@ -251,9 +266,7 @@ def _dividend_factors(engine: Engine, names, codes, days, first) -> np.ndarray:
     step = 1.0 - np.array(value, dtype=np.float64)[kept] / prev[kept]
     ex = pd.to_datetime(pd.Series(ex_date)).to_numpy(dtype="datetime64[ns]")[kept]
     symbol = [symbol[i] for i in kept]
-    position = {s: i for i, s in enumerate(names)}
-    bounds = np.searchsorted(codes, np.arange(len(names) + 1))
-    # The query orders by symbol, then date: each symbol's dividends are one run.
+    # Ordered by symbol, then date: each symbol's dividends are one run.
     starts = [i for i in range(len(symbol)) if i == 0 or symbol[i] != symbol[i - 1]]
     for begin, stop in zip(starts, [*starts[1:], len(symbol)], strict=True):
         code = position[symbol[begin]]
@@ -265,6 +278,21 @@ def _dividend_factors(engine: Engine, names, codes, days, first) -> np.ndarray:
         # A session before ex-date k is scaled by every dividend from k on.
         factor[mine] = after[np.searchsorted(ex[begin:stop], days[mine], side="right")]
     return factor
+
+
+def _previous_closes(rows, position, bounds, days, close, last) -> list:
+    """The dividends with the close of their previous session filled in from the rows read,
+    where the query left it out (ex-date within the range read): the last row of the symbol
+    before the ex-date, or _UNKNOWN where none was read (the session before lies earlier)."""
+    out = []
+    for symbol, ex_date, value, prev_close in rows:
+        ex = _day(ex_date, None)  # SQLite gives the date as text
+        if prev_close is None and ex <= last:
+            mine = slice(bounds[position[symbol]], bounds[position[symbol] + 1])
+            before = np.searchsorted(days[mine], np.datetime64(ex, "ns")) - 1
+            prev_close = close[mine][before] if before >= 0 else _UNKNOWN
+        out.append((symbol, ex_date, value, prev_close))
+    return out
 
 
 def read_macro(engine: Engine, series_ids, as_of=None, start=None, end=None) -> pd.DataFrame:

@@ -112,6 +112,18 @@ def test_adjusted_prices_equal_an_adjustment_from_the_corporate_actions(store):
             < raw.loc[~late & (raw["symbol"] == "MSFT"), "close"]).all()  # fmt: skip
 
 
+def test_adjusted_prices_do_not_depend_on_the_range_read(store):
+    """A range that starts the day before an ex-date (the session before it is not read) or
+    ends before later dividends scales each session as a read of the whole range does."""
+    stored_prices(store)
+    whole = read_prices(store, SYMBOLS, "2020-01-01", "2020-12-31", adjusted=True)
+    for start, end in [("2020-03-01", "2020-12-31"), ("2020-01-01", "2020-04-30"),
+                       ("2020-05-10", "2020-05-20")]:  # fmt: skip
+        part = read_prices(store, SYMBOLS, start, end, adjusted=True)
+        want = whole[whole["trade_date"].between(start, end)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, want, check_exact=False, rtol=1e-13)
+
+
 def test_wide_prices_are_dates_by_symbols(store):
     stored_prices(store)
     wide = read_prices_wide(store, ["AAPL", "BRK-B", "NOSUCH"], "2020-01-01", "2020-03-31")
