@@ -2,10 +2,12 @@
 
 Run: .venv/bin/python bench/read.py [--repeats R]. Writes bench/results/read.json.
 Three sides, timed R times each, interleaved (medians compared):
-- floor: `COPY (the same query) TO STDOUT (FORMAT BINARY)` of the same rows into one buffer,
-  viewed as a numpy record array (fixed-width rows: no per-value work at all);
+- floor: read_prices' own query (`tasks.store.read._PG_PRICES`, the symbols joined by
+  `unnest ... WITH ORDINALITY`), its binary COPY into one buffer viewed as a numpy record
+  array (fixed-width rows: no per-value work at all);
 - ours: tasks.store.read.read_prices (a long DataFrame), raw and dividend-adjusted;
-- peer: pandas.read_sql of the same query through SQLAlchemy.
+- peer: pandas.read_sql of the plain query (PEER_SQL: `symbol = ANY(...)`, ORDER BY) on the
+  same psycopg connection.
 Memory: each side once more in its own process; its peak RSS over what it held before the
 read, against the frame's own size (DataFrame.memory_usage(deep=True)).
 """
