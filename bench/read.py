@@ -2,9 +2,9 @@
 
 Run: .venv/bin/python bench/read.py [--repeats R]. Writes bench/results/read.json.
 Three sides, timed R times each, interleaved (medians compared):
-- floor: read_prices' own query (`tasks.store.read._PG_PRICES`, the symbols joined by
-  `unnest ... WITH ORDINALITY`), its binary COPY into one buffer viewed as a numpy record
-  array (fixed-width rows: no per-value work at all);
+- floor: read_prices' own query (`tasks.store.read._PG_PRICES`: a row per symbol holding its
+  sessions as fixed-width records), its binary COPY into one buffer, each symbol's records
+  viewed as numpy records and joined into one array (no per-value work at all);
 - ours: tasks.store.read.read_prices (a long DataFrame), raw and dividend-adjusted;
 - peer: pandas.read_sql of the plain query (PEER_SQL: `symbol = ANY(...)`, ORDER BY) on the
   same psycopg connection.
@@ -82,10 +82,10 @@ def load(url: str) -> int:
 
 
 def floor(url: str):
-    """The same rows through COPY TO into a buffer, viewed as numpy records."""
+    """The same COPY into one buffer; each symbol's records viewed as numpy records, joined."""
     import psycopg
 
-    from tasks.store.read import _HEADER, _PG_PRICES, _ROW
+    from tasks.store.read import _HEADER, _PG_PRICES, _RECORD, _ROW_HEAD
 
     buffer = bytearray()
     with (
@@ -94,7 +94,13 @@ def floor(url: str):
     ):
         for block in copy:
             buffer += block
-    return np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
+    records, at = [], _HEADER
+    while at < len(buffer) - 2:  # up to the trailer
+        size = int(np.frombuffer(buffer, _ROW_HEAD, count=1, offset=at)[0]["l_records"])
+        at += _ROW_HEAD.itemsize
+        records.append(np.frombuffer(buffer, _RECORD, count=size // _RECORD.itemsize, offset=at))
+        at += size
+    return np.concatenate(records)
 
 
 def ours(url: str, adjusted: bool = False) -> pd.DataFrame:

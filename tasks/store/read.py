@@ -5,11 +5,11 @@
     closes = read_prices_wide(engine, ["AAPL", "MSFT"], "2016-01-01", field="close")
     cpi = read_macro(engine, ["CPIAUCSL"], as_of="2024-05-01")  # what FRED said that day
 
-On PostgreSQL prices come through one binary `COPY (SELECT ...) TO STDOUT` whose rows are all
-the same width (the symbol sent as its position in the list asked for, NULLs as NaN), decoded
-by numpy a few MB at a time straight into the frame's columns: about what the COPY itself
-costs, with no Python object per value and no second copy of the rows. SQLite reads the same
-rows through its cursor.
+On PostgreSQL prices come through one binary `COPY (SELECT ...) TO STDOUT` of a row per
+symbol (its position in the list asked for, and its sessions as one bytea of fixed-width
+records, NULLs as NaN), decoded by numpy a symbol at a time straight into the frame's
+columns: about what the COPY itself costs, with no Python object per value and no second
+copy of the rows. SQLite reads the same rows through its cursor.
 """
 
 from __future__ import annotations
@@ -31,33 +31,33 @@ _PG_EPOCH = np.datetime64("2000-01-01", "D")
 _PG_EPOCH_DAYS = int(_PG_EPOCH.astype(np.int64))  # days from 1970 to 2000
 _NS_PER_DAY = 86_400 * 10**9
 _HEADER = 19  # PGCOPY signature (11) + flags (4) + extension length (4)
-_PIECE = 4 << 20  # bytes of COPY decoded at a time
 
-# Every column of the COPY fixed-width: the symbol as its index in the array asked for,
-# volume as float8, NULL as NaN (a NULL would drop a field's payload and shift the row).
-# The symbols are joined as a table (unnest WITH ORDINALITY: its index comes with it) and each
-# is read by its own range scan of the primary key (symbol, trade_date): the rows come out in
-# the order asked, dates ascending. OFFSET 0 keeps the planner from flattening the LATERAL
-# into a plain join, which for a whole table's symbols it hashes (spilling to disk, 0.6 s
-# against 0.45 s); array_position per row, as this once did, cost 6-7 s for 500 symbols.
+# One COPY row per symbol: its index in the array asked for, and its sessions as one bytea of
+# fixed-width big-endian records (date, then the price columns as float8, NULL as NaN),
+# dates ascending. psycopg hands over a COPY one row (message) at a time at about 1 us each,
+# which for a row per session was most of the read (1.9-2.8 s of 1.26M rows against 0.75 s
+# as 500 rows). The symbols are joined as a table (unnest WITH ORDINALITY: its index comes
+# with it), each read by its own range scan of the primary key (symbol, trade_date);
+# array_position per row, as this once did, cost 6-7 s of server time for 500 symbols.
 _PG_PRICES = """
 COPY (
-  SELECT (s.n - 1)::int4, p.trade_date, p.open, p.high, p.low, p.close, p.adj_close, p.volume
+  SELECT (s.n - 1)::int4, p.records
   FROM unnest(%(symbols)s::text[]) WITH ORDINALITY AS s(symbol, n)
   CROSS JOIN LATERAL (
-    SELECT trade_date, open, high, low, close, coalesce(adj_close, 'NaN'::float8) AS adj_close,
-           coalesce(volume::float8, 'NaN'::float8) AS volume
+    SELECT string_agg(
+             date_send(trade_date) || float8send(open) || float8send(high) || float8send(low)
+             || float8send(close) || float8send(coalesce(adj_close, 'NaN'::float8))
+             || float8send(coalesce(volume::float8, 'NaN'::float8)),
+             ''::bytea ORDER BY trade_date) AS records
     FROM daily_prices
     WHERE symbol = s.symbol AND trade_date BETWEEN %(start)s AND %(end)s
-    OFFSET 0
   ) p
+  WHERE p.records IS NOT NULL
 ) TO STDOUT (FORMAT BINARY)
 """
-_FIELDS = 2 + len(PRICE_COLUMNS)
-_ROW = np.dtype(
-    [("n", ">i2"), ("ls", ">i4"), ("symbol", ">i4"), ("ld", ">i4"), ("date", ">i4")]
-    + [x for c in PRICE_COLUMNS for x in ((f"l_{c}", ">i4"), (c, ">f8"))]
-)
+_RECORD = np.dtype([("date", ">i4")] + [(c, ">f8") for c in PRICE_COLUMNS])
+# A COPY row: field count (2), the index's length (4) and value, the records' length.
+_ROW_HEAD = np.dtype([("fields", ">i2"), ("l_code", ">i4"), ("code", ">i4"), ("l_records", ">i4")])
 
 # Each dividend with the stored close of the session before it: its adjustment factor. The
 # close is looked up (one index probe a dividend) only when :lookup_all is true or the
@@ -161,26 +161,25 @@ def _prices_postgres(engine: Engine, names, first, last):
         "symbol": np.empty(0, np.int16 if len(names) < 2**15 else np.int32),
         "trade_date": np.empty(0, "datetime64[ns]"),
     } | {c: np.empty(0) for c in PRICE_COLUMNS}  # fmt: skip
-    pending, skip, count = bytearray(), _HEADER, 0
+    pending, at, count = bytearray(), _HEADER, 0
     with engine.connect() as conn:
         cursor = conn.connection.driver_connection.cursor()
         params = {"symbols": names, "start": first, "end": last}
         with cursor.copy(_PG_PRICES, params) as copy:
-            # Decoded a few MB at a time into the columns, so the COPY's bytes (90 a row,
-            # more than the frame's 58) are never all held beside the columns made of them.
+            # Each symbol's rows go into the columns as soon as they are whole, so the COPY's
+            # bytes are never all held beside the columns made of them.
             for block in copy:
                 pending += block
-                if len(pending) >= _PIECE:
-                    pending, count = _decode(pending, skip, columns, count)
-                    skip = 0
-    pending, count = _decode(pending, skip, columns, count)
+                at, count = _take_rows(pending, at, columns, count)
+                if at <= len(pending):  # else the header itself is not all here yet
+                    pending, at = pending[at:], 0
     if bytes(pending) != b"\xff\xff":  # what is left must be the trailer alone
         raise RuntimeError(f"read_prices: COPY ended with {len(pending)} stray bytes")
     for array in columns.values():
         array.resize(count, refcheck=False)
     codes, days = columns.pop("symbol"), columns.pop("trade_date")
-    # The server sends each symbol's range scan in turn, so this only checks; the sort is a
-    # guard against a plan that reads otherwise.
+    # The server sends each symbol's rows in turn, dates ascending, so this only checks; the
+    # sort is a guard against a plan that reads otherwise.
     step = np.diff(codes)
     if ((step < 0) | ((step == 0) & (np.diff(days) <= np.timedelta64(0)))).any():
         order = np.lexsort((days, codes))
@@ -189,30 +188,43 @@ def _prices_postgres(engine: Engine, names, first, last):
     return codes, days, columns
 
 
-def _decode(pending: bytearray, skip: int, columns: dict, count: int) -> tuple[bytearray, int]:
-    """Append the whole rows in pending[skip:] to columns (of which count are filled); return
-    the bytes left over and the new count.
+def _take_rows(data: bytearray, at: int, columns: dict, count: int) -> tuple[int, int]:
+    """Append the whole COPY rows in data from offset at to columns (of which count are
+    filled); return the offset after them and the new count."""
+    while len(data) - at >= _ROW_HEAD.itemsize:
+        head = np.frombuffer(data, dtype=_ROW_HEAD, count=1, offset=at)[0]
+        if head["fields"] == -1:  # the trailer
+            break
+        if head["fields"] != 2 or head["l_code"] != 4 or head["l_records"] % _RECORD.itemsize:
+            raise RuntimeError(f"read_prices: a COPY row is not as asked: {head}")
+        start, size = at + _ROW_HEAD.itemsize, int(head["l_records"])
+        if len(data) - start < size:
+            break
+        records = np.frombuffer(data, _RECORD, count=size // _RECORD.itemsize, offset=start)
+        count = _append(columns, count, int(head["code"]), records)
+        at = start + size
+    return at, count
+
+
+def _append(columns: dict, count: int, code: int, records: np.ndarray) -> int:
+    """Append one symbol's records to columns (of which count are filled); the new count.
 
     The columns grow in place (ndarray.resize: realloc, which moves a large block's pages
-    instead of copying them), so no piece is held twice; they are cut to size at the end.
+    instead of copying them), so no part is held twice; they are cut to size at the end.
     """
-    added = (len(pending) - skip) // _ROW.itemsize
-    rows = np.frombuffer(pending, dtype=_ROW, count=added, offset=skip)
-    if (rows["n"] != _FIELDS).any():
-        raise RuntimeError("read_prices: a COPY row has an unexpected number of fields")
-    end = count + added
+    end = count + len(records)
     if end > len(columns["close"]):
         capacity = max(end, 2 * len(columns["close"]))
         for array in columns.values():
             array.resize(capacity, refcheck=False)
-    columns["symbol"][count:end] = rows["symbol"]
+    columns["symbol"][count:end] = code
     days = columns["trade_date"][count:end].view(np.int64)
-    days[:] = rows["date"]  # days since 2000-01-01, made nanoseconds since 1970 in place
+    days[:] = records["date"]  # days since 2000-01-01, made nanoseconds since 1970 in place
     days += _PG_EPOCH_DAYS
     days *= _NS_PER_DAY
     for column in PRICE_COLUMNS:
-        columns[column][count:end] = rows[column]  # byte-swapped as it is copied
-    return pending[skip + added * _ROW.itemsize :], end
+        columns[column][count:end] = records[column]  # byte-swapped as it is copied
+    return end
 
 
 def _prices_sqlite(engine: Engine, names, first, last):

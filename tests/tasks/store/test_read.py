@@ -6,6 +6,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 import sqlalchemy as sa
 from fredapi import Fred
@@ -145,20 +146,28 @@ def test_bad_arguments_are_named(store):
     assert read_prices(store, ["NOSUCH"]).empty
 
 
-def test_postgres_rows_decoded_piece_by_piece_equal_one_piece(pg_engine, monkeypatch):
-    """The COPY is decoded a few MB at a time: pieces that end mid-row, columns that grow
-    as they go, and a server order that needs the sort give the same frame."""
+def test_postgres_copy_decoded_as_it_comes_in_any_blocks(pg_engine, monkeypatch):
+    """The COPY is decoded as its bytes arrive: blocks that end mid-header or mid-row, and
+    a server order that needs the sort, give the same frame."""
     stored_prices(pg_engine)
     whole = read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True)
-    monkeypatch.setattr(store_read, "_PIECE", 1000)  # 11.1 rows: most pieces split a row
+    blocks = psycopg.Copy.__iter__
+
+    def small_blocks(copy):
+        for block in blocks(copy):
+            for at in range(0, len(block), 7):  # 7 bytes: splits the header and every row
+                yield block[at : at + 7]
+
+    monkeypatch.setattr(psycopg.Copy, "__iter__", small_blocks)
     pd.testing.assert_frame_equal(
         read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
     )
-    newest_first = store_read._PG_PRICES.replace("OFFSET 0", "ORDER BY trade_date DESC OFFSET 0")
+    newest_first = store_read._PG_PRICES.replace("ORDER BY trade_date", "ORDER BY trade_date DESC")
     monkeypatch.setattr(store_read, "_PG_PRICES", newest_first)
     pd.testing.assert_frame_equal(
         read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
     )
+    assert read_prices(pg_engine, ["NOSUCH"]).empty
 
 
 KEY = "abcdef0123456789abcdef0123456789"
