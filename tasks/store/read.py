@@ -37,8 +37,10 @@ _HEADER = 19  # PGCOPY signature (11) + flags (4) + extension length (4)
 # dates ascending. psycopg hands over a COPY one row (message) at a time at about 1 us each,
 # which for a row per session was most of the read (1.9-2.8 s of 1.26M rows against 0.75 s
 # as 500 rows). The symbols are joined as a table (unnest WITH ORDINALITY: its index comes
-# with it), each read by its own range scan of the primary key (symbol, trade_date);
-# array_position per row, as this once did, cost 6-7 s of server time for 500 symbols.
+# with it), each read by its own range scan of the primary key (symbol, trade_date), in date
+# order: string_agg keeps its input's order (an ORDER BY inside it sorted again, 1.47 s
+# against 1.02 s), and the reader checks it anyway. array_position per row, as this once
+# did, cost 6-7 s of server time for 500 symbols.
 _PG_PRICES = """
 COPY (
   SELECT (s.n - 1)::int4, p.records
@@ -48,9 +50,12 @@ COPY (
              date_send(trade_date) || float8send(open) || float8send(high) || float8send(low)
              || float8send(close) || float8send(coalesce(adj_close, 'NaN'::float8))
              || float8send(coalesce(volume::float8, 'NaN'::float8)),
-             ''::bytea ORDER BY trade_date) AS records
-    FROM daily_prices
-    WHERE symbol = s.symbol AND trade_date BETWEEN %(start)s AND %(end)s
+             ''::bytea) AS records
+    FROM (
+      SELECT * FROM daily_prices
+      WHERE symbol = s.symbol AND trade_date BETWEEN %(start)s AND %(end)s
+      ORDER BY trade_date OFFSET 0
+    ) d
   ) p
   WHERE p.records IS NOT NULL
 ) TO STDOUT (FORMAT BINARY)

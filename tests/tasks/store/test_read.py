@@ -162,7 +162,7 @@ def test_postgres_copy_decoded_as_it_comes_in_any_blocks(pg_engine, monkeypatch)
     pd.testing.assert_frame_equal(
         read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
     )
-    newest_first = store_read._PG_PRICES.replace("ORDER BY trade_date", "ORDER BY trade_date DESC")
+    newest_first = store_read._PG_PRICES.replace("trade_date OFFSET", "trade_date DESC OFFSET")
     monkeypatch.setattr(store_read, "_PG_PRICES", newest_first)
     pd.testing.assert_frame_equal(
         read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
