@@ -3,8 +3,8 @@
 Run: .venv/bin/python bench/read.py [--repeats R]. Writes bench/results/read.json.
 Three sides, timed R times each, interleaved (medians compared):
 - floor: read_prices' own query (`tasks.store.read._PG_PRICES`: a row per symbol holding its
-  sessions as fixed-width records), its binary COPY into one buffer, each symbol's records
-  viewed as numpy records and joined into one array (no per-value work at all);
+  sessions as fixed-width records), its binary COPY's records into one buffer, viewed as a
+  numpy record array (no per-value work at all);
 - ours: tasks.store.read.read_prices (a long DataFrame), raw and dividend-adjusted;
 - peer: pandas.read_sql of the plain query (PEER_SQL: `symbol = ANY(...)`, ORDER BY) on the
   same psycopg connection.
@@ -82,25 +82,26 @@ def load(url: str) -> int:
 
 
 def floor(url: str):
-    """The same COPY into one buffer; each symbol's records viewed as numpy records, joined."""
+    """The same COPY's records into one buffer, viewed as numpy records.
+
+    PostgreSQL sends a COPY row per message (the first also carries the header): each
+    message's records are appended as they come, its row head left out, so one view of the
+    buffer is the whole result.
+    """
     import psycopg
 
     from tasks.store.read import _HEADER, _PG_PRICES, _RECORD, _ROW_HEAD
 
-    buffer = bytearray()
+    buffer, skip = bytearray(), _HEADER + _ROW_HEAD.itemsize
     with (
         psycopg.connect(url) as conn,
         conn.cursor().copy(_PG_PRICES, {"symbols": symbols(), "start": START, "end": END}) as copy,
     ):
         for block in copy:
-            buffer += block
-    records, at = [], _HEADER
-    while at < len(buffer) - 2:  # up to the trailer
-        size = int(np.frombuffer(buffer, _ROW_HEAD, count=1, offset=at)[0]["l_records"])
-        at += _ROW_HEAD.itemsize
-        records.append(np.frombuffer(buffer, _RECORD, count=size // _RECORD.itemsize, offset=at))
-        at += size
-    return np.concatenate(records)
+            if len(block) > 2:  # not the trailer
+                buffer += block[skip:]
+                skip = _ROW_HEAD.itemsize
+    return np.frombuffer(buffer, dtype=_RECORD)
 
 
 def ours(url: str, adjusted: bool = False) -> pd.DataFrame:
