@@ -2,10 +2,12 @@
 
 Run: .venv/bin/python bench/read.py [--repeats R]. Writes bench/results/read.json.
 Three sides, timed R times each, interleaved (medians compared):
-- floor: `COPY (the same query) TO STDOUT (FORMAT BINARY)` of the same rows into one buffer,
-  viewed as a numpy record array (fixed-width rows: no per-value work at all);
+- floor: read_prices' own query (`tasks.store.read._PG_PRICES`: a row per symbol holding its
+  sessions as fixed-width records), its binary COPY's records into one buffer, viewed as a
+  numpy record array (no per-value work at all);
 - ours: tasks.store.read.read_prices (a long DataFrame), raw and dividend-adjusted;
-- peer: pandas.read_sql of the same query through SQLAlchemy.
+- peer: pandas.read_sql of the plain query (PEER_SQL: `symbol = ANY(...)`, ORDER BY) on the
+  same psycopg connection.
 Memory: each side once more in its own process; its peak RSS over what it held before the
 read, against the frame's own size (DataFrame.memory_usage(deep=True)).
 """
@@ -80,19 +82,28 @@ def load(url: str) -> int:
 
 
 def floor(url: str):
-    """The same rows through COPY TO into a buffer, viewed as numpy records."""
-    import psycopg
+    """The same COPY's records into one buffer, viewed as numpy records.
 
-    from tasks.store.read import _HEADER, _PG_PRICES, _ROW
+    PostgreSQL sends a COPY row per message (the first also carries the header): each
+    message's records are appended as they come, its row head left out, so one view of the
+    buffer is the whole result.
+    """
+    from tasks.store.engine import get_engine
+    from tasks.store.read import _HEADER, _PG_PRICES, _RECORD, _ROW_HEAD
 
-    buffer = bytearray()
+    buffer, skip = bytearray(), _HEADER + _ROW_HEAD.itemsize
+    params = {"symbols": symbols(), "start": START, "end": END}
+    # The engine's pooled connection, as ours and the peer use: a fresh one per read cost
+    # the floor about 0.1 s (a new server backend) that the other sides do not pay.
     with (
-        psycopg.connect(url) as conn,
-        conn.cursor().copy(_PG_PRICES, {"symbols": symbols(), "start": START, "end": END}) as copy,
+        get_engine(url).connect() as conn,
+        conn.connection.driver_connection.cursor().copy(_PG_PRICES, params) as copy,
     ):
         for block in copy:
-            buffer += block
-    return np.frombuffer(memoryview(buffer)[_HEADER:-2], dtype=_ROW)
+            if len(block) > 2:  # not the trailer
+                buffer += block[skip:]
+                skip = _ROW_HEAD.itemsize
+    return np.frombuffer(buffer, dtype=_RECORD)
 
 
 def ours(url: str, adjusted: bool = False) -> pd.DataFrame:

@@ -6,11 +6,13 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import psycopg
 import pytest
 import sqlalchemy as sa
 from fredapi import Fred
 
 from flows.macro import ingest_macro
+from tasks.store import read as store_read
 from tasks.store.read import read_macro, read_prices, read_prices_wide
 from tasks.store.schema import daily_prices
 from tasks.store.upsert import upsert_frame
@@ -111,6 +113,18 @@ def test_adjusted_prices_equal_an_adjustment_from_the_corporate_actions(store):
             < raw.loc[~late & (raw["symbol"] == "MSFT"), "close"]).all()  # fmt: skip
 
 
+def test_adjusted_prices_do_not_depend_on_the_range_read(store):
+    """A range that starts the day before an ex-date (the session before it is not read) or
+    ends before later dividends scales each session as a read of the whole range does."""
+    stored_prices(store)
+    whole = read_prices(store, SYMBOLS, "2020-01-01", "2020-12-31", adjusted=True)
+    for start, end in [("2020-03-01", "2020-12-31"), ("2020-01-01", "2020-04-30"),
+                       ("2020-05-10", "2020-05-20")]:  # fmt: skip
+        part = read_prices(store, SYMBOLS, start, end, adjusted=True)
+        want = whole[whole["trade_date"].between(start, end)].reset_index(drop=True)
+        pd.testing.assert_frame_equal(part, want, check_exact=False, rtol=1e-13)
+
+
 def test_wide_prices_are_dates_by_symbols(store):
     stored_prices(store)
     wide = read_prices_wide(store, ["AAPL", "BRK-B", "NOSUCH"], "2020-01-01", "2020-03-31")
@@ -130,6 +144,30 @@ def test_bad_arguments_are_named(store):
     with pytest.raises(ValueError, match="'vwap'"):
         read_prices_wide(store, ["AAPL"], field="vwap")
     assert read_prices(store, ["NOSUCH"]).empty
+
+
+def test_postgres_copy_decoded_as_it_comes_in_any_blocks(pg_engine, monkeypatch):
+    """The COPY is decoded as its bytes arrive: blocks that end mid-header or mid-row, and
+    a server order that needs the sort, give the same frame."""
+    stored_prices(pg_engine)
+    whole = read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True)
+    blocks = psycopg.Copy.__iter__
+
+    def small_blocks(copy):
+        for block in blocks(copy):
+            for at in range(0, len(block), 7):  # 7 bytes: splits the header and every row
+                yield block[at : at + 7]
+
+    monkeypatch.setattr(psycopg.Copy, "__iter__", small_blocks)
+    pd.testing.assert_frame_equal(
+        read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
+    )
+    newest_first = store_read._PG_PRICES.replace("trade_date OFFSET", "trade_date DESC OFFSET")
+    monkeypatch.setattr(store_read, "_PG_PRICES", newest_first)
+    pd.testing.assert_frame_equal(
+        read_prices(pg_engine, SYMBOLS, "2020-02-01", "2020-09-30", adjusted=True), whole
+    )
+    assert read_prices(pg_engine, ["NOSUCH"]).empty
 
 
 KEY = "abcdef0123456789abcdef0123456789"
