@@ -86,6 +86,14 @@ def copy_frame(cursor, table: str, spec, columns: list[str], frame: pd.DataFrame
             copy.write(_TRAILER)
 
 
+def as_days(series: pd.Series) -> np.ndarray:
+    """Dates as datetime64[D]; a column already datetime64 skips pandas' parsing (which looks
+    its values over even then: a tenth of a 500k-row COPY)."""
+    if pd.api.types.is_datetime64_dtype(series):
+        return series.to_numpy(dtype="datetime64[D]")
+    return pd.to_datetime(series).to_numpy(dtype="datetime64[D]")
+
+
 def _encode(series: pd.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray]:
     """One column as (payload per row, its byte length per row; -1 where NULL)."""
     if pg_type == "text":
@@ -97,7 +105,7 @@ def _encode(series: pd.Series, pg_type: str) -> tuple[np.ndarray, np.ndarray]:
         lengths = np.array([len(e) for e in encoded] + [-1], dtype=np.int32)
         return table[codes], lengths[codes]  # code -1 (NULL) picks the last entry
     if pg_type == "date":
-        days = pd.to_datetime(series).to_numpy(dtype="datetime64[D]")
+        days = as_days(series)
         null = np.isnat(days)
         payload = np.where(null, 0, (days - _PG_EPOCH).astype(np.int64)).astype(">i4")
     elif pg_type == "bool":

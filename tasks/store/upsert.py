@@ -6,13 +6,14 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.store import schema
-from tasks.store.copy import copy_frame, python_columns
+from tasks.store.copy import as_days, copy_frame, python_columns
 from tasks.store.sql import insert_new, lock_entities
 from tasks.store.validate import Rejected, fingerprint, split_rejects
 
@@ -118,10 +119,14 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
     direct = pd.Series(False, index=frame.index)
     if spec.watermark:
         entity, order = spec.watermark
-        marks = newest_per_entity(conn, spec, sorted(frame[entity].astype(str).unique()))
+        codes, names = pd.factorize(frame[entity].astype(str))
+        marks = newest_per_entity(conn, spec, sorted(names))
         # Rows past their entity's newest stored date cannot conflict: copy them straight in.
-        stored = pd.to_datetime(frame[entity].map(marks))
-        direct = stored.isna() | (pd.to_datetime(frame[order]) > stored)
+        # (Each entity's mark looked up once and spread by its codes: mapping every row to a
+        # Python date and parsing those back cost a third of a 500k-row write.)
+        newest = np.array([marks.get(n) for n in names], dtype="datetime64[D]")[codes]
+        days = as_days(frame[order])
+        direct = pd.Series(np.isnat(newest) | (days > newest), index=frame.index)
     entity_of = spec.key[0]
     counts: dict[str, list[int]] = {}
     if direct.any():

@@ -41,30 +41,49 @@ def _row_key(row: pd.Series, key: tuple[str, ...]) -> str:
     return "/".join(str(_jsonable(row[k])) for k in key)
 
 
-def _reasons_for_prices(frame: pd.DataFrame) -> pd.Series:
-    """One reason per refused price row ('' where the row is fine)."""
-    reasons = pd.Series("", index=frame.index, dtype=object)
+class Reasons:
+    """The first reason each row of a batch is refused for: a small code per row, so marking
+    500k rows compares integers, not strings."""
 
-    def mark(mask: pd.Series, why: str) -> None:
-        mask = mask.fillna(False).astype(bool) & (reasons == "")
-        reasons[mask] = why
+    def __init__(self, rows: int) -> None:
+        self.code = np.zeros(rows, dtype=np.int8)
+        self.texts = [""]
 
+    def mark(self, mask, why: str) -> None:
+        """Refuse the rows of mask (NA counts as no) that have no reason yet, for why."""
+        if isinstance(mask, pd.Series | pd.DataFrame):
+            mask = mask.to_numpy(dtype=bool, na_value=False)
+        hit = np.asarray(mask, dtype=bool) & (self.code == 0)
+        if hit.any():
+            if why not in self.texts:
+                self.texts.append(why)
+            self.code[hit] = self.texts.index(why)
+
+    def bad(self) -> np.ndarray:
+        return self.code != 0
+
+    def of(self, row: int) -> str:
+        return self.texts[self.code[row]]
+
+
+def _reasons_for_prices(frame: pd.DataFrame, reasons: Reasons) -> None:
+    """Mark the price rows refused, and why."""
     # Check each distinct symbol once: a batch has few symbols and many rows.
     symbols = frame["symbol"]
     bad_symbols = [s for s in symbols.unique() if not SYMBOL_RE.match(str(s))]
-    mark(symbols.isin(bad_symbols), "symbol outside [A-Z0-9.^=-]{1,20}")
+    if bad_symbols:
+        reasons.mark(symbols.isin(bad_symbols), "symbol outside [A-Z0-9.^=-]{1,20}")
     prices = frame[[c for c in PRICE_COLUMNS if c in frame.columns]].apply(
         pd.to_numeric, errors="coerce"
     )
-    mark(prices.isna().any(axis=1), "missing (NaN) price")
-    mark((prices < 0).any(axis=1), "negative price")
+    reasons.mark(prices.isna().any(axis=1), "missing (NaN) price")
+    reasons.mark((prices < 0).any(axis=1), "negative price")
     if "adj_close" in frame.columns:
-        mark(pd.to_numeric(frame["adj_close"], errors="coerce") < 0, "negative price")
+        reasons.mark(pd.to_numeric(frame["adj_close"], errors="coerce") < 0, "negative price")
     if {"high", "low"} <= set(prices.columns):
-        mark(prices["high"] < prices["low"], "high < low")
+        reasons.mark(prices["high"] < prices["low"], "high < low")
     if "volume" in frame.columns:
-        mark(pd.to_numeric(frame["volume"], errors="coerce") < 0, "negative volume")
-    return reasons
+        reasons.mark(pd.to_numeric(frame["volume"], errors="coerce") < 0, "negative volume")
 
 
 TABLE_CHECKS = {"daily_prices": _reasons_for_prices}
@@ -92,23 +111,22 @@ def split_rejects(
     """Return the rows fit to write and the refused ones with their reasons."""
     if frame.empty:
         return frame, []
-    check = TABLE_CHECKS.get(table_name)
-    reasons = check(frame) if check else pd.Series("", index=frame.index, dtype=object)
-    missing_key = frame[list(key)].isna().any(axis=1) & (reasons == "")
-    reasons[missing_key] = "missing key value"
+    reasons = Reasons(len(frame))
+    if check := TABLE_CHECKS.get(table_name):
+        check(frame, reasons)
+    reasons.mark(frame[list(key)].isna().any(axis=1), "missing key value")
     # Every copy of a key is refused: the batch does not say which one is right.
-    duplicated = _duplicated(frame, key) & (reasons == "")
-    reasons[duplicated] = "duplicate key within the batch"
-    bad = reasons != ""
+    reasons.mark(_duplicated(frame, key), "duplicate key within the batch")
+    bad = reasons.bad()
     if not bad.any():
         return frame, []  # no copy of a clean batch
     rejects = [
         Rejected(
             row_key=_row_key(row, key),
-            reason=reasons[idx],
+            reason=reasons.of(position),
             payload={c: _jsonable(row[c]) for c in frame.columns},
         )
-        for idx, row in frame[bad].iterrows()
+        for position, (_, row) in zip(np.flatnonzero(bad), frame[bad].iterrows(), strict=True)
     ]
     return frame[~bad], rejects
 
