@@ -31,6 +31,24 @@ def sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
+def as_date(value) -> dt.date | None:
+    """A date from what sources and stores hand back (a date, a datetime or Timestamp, ISO
+    text; SQLite gives text where PostgreSQL gives a date); None or '' is None. Anything else
+    is a ValueError naming it."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    if hasattr(value, "to_pydatetime"):  # a pandas Timestamp
+        return value.to_pydatetime().date()
+    try:
+        return dt.date.fromisoformat(str(value)[:10])
+    except ValueError as exc:
+        raise ValueError(f"not a date: {value!r}") from exc
+
+
 def operator_tz() -> ZoneInfo:
     return ZoneInfo(os.environ.get("INVESTFLOW_OPERATOR_TZ", "Asia/Seoul"))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tasks.clock import as_date
 from tasks.market.calendars import MARKETS, Market, last_closed_session, market_of, sessions_between
 
 MAX_SESSIONS_BEHIND = 1
@@ -75,7 +76,7 @@ def market_freshness(engine: Engine, now: dt.datetime) -> list[Freshness]:
         rows = conn.execute(
             sa.text("SELECT symbol, MAX(trade_date) FROM daily_prices GROUP BY symbol")
         ).all()
-    newest = {symbol: _day(day) for symbol, day in rows}
+    newest = {symbol: as_date(day) for symbol, day in rows}
     report = []
     for code, market in MARKETS.items():
         mine = {s: d for s, d in newest.items() if market_of(s).code == code}
@@ -140,7 +141,7 @@ def macro_newest(engine: sa.Engine) -> dict[str, dt.date]:
         .group_by(series.c.frequency)
     )
     with engine.connect() as conn:
-        return {freq or "unknown": _day(day) for freq, day in conn.execute(query).all()}
+        return {freq or "unknown": as_date(day) for freq, day in conn.execute(query).all()}
 
 
 def emit_freshness(dataset: str, label: str, facts: dict):
@@ -153,10 +154,3 @@ def emit_freshness(dataset: str, label: str, facts: dict):
                   "prefect.resource.name": label},
         payload=facts,
     )  # fmt: skip
-
-
-def _day(value) -> dt.date | None:
-    """A stored date as a date: SQLite hands back text, PostgreSQL a date."""
-    if value is None or (isinstance(value, dt.date) and not isinstance(value, dt.datetime)):
-        return value
-    return dt.date.fromisoformat(str(value)[:10])

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
+from tasks.clock import as_date
+
 MAX_VINTAGES = 2000  # FRED refuses a real-time period holding more vintage dates than this
 LATEST_REALTIME = dt.date(9999, 12, 31)
 SERIES_ID_RE = re.compile(r"^[A-Z0-9_]{1,40}$")
@@ -31,10 +33,6 @@ def fetch_start(newest_stored: dt.date | None, first: dt.date, window_days: int)
     return max(first, newest_stored - dt.timedelta(days=window_days))
 
 
-def _day(value) -> dt.date | None:
-    return None if value in (None, "") else pd.Timestamp(value).date()
-
-
 def parse_series_info(series_id: str, info: Mapping[str, str]) -> dict:
     """One macro_series row from FRED's series attributes."""
     updated = info.get("last_updated")
@@ -48,8 +46,8 @@ def parse_series_info(series_id: str, info: Mapping[str, str]) -> dict:
         "last_updated": pd.Timestamp(updated).tz_convert("UTC").to_pydatetime()
         if updated
         else None,
-        "observation_start": _day(info.get("observation_start")),
-        "observation_end": _day(info.get("observation_end")),
+        "observation_start": as_date(info.get("observation_start")),
+        "observation_end": as_date(info.get("observation_end")),
     }
 
 
@@ -67,7 +65,7 @@ def observations_frame(series_id: str, values: pd.Series) -> pd.DataFrame:
 
 def vintage_windows(vintage_dates: Iterable, since: dt.date, limit: int = MAX_VINTAGES):
     """Real-time periods from since onward, each holding at most limit vintage dates."""
-    dates = sorted({_day(d) for d in vintage_dates if _day(d) >= since})
+    dates = sorted({as_date(d) for d in vintage_dates if as_date(d) >= since})
     windows = []
     for i in range(0, len(dates), limit):
         start = since if i == 0 else dates[i]

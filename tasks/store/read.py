@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from tasks.clock import as_date
 from tasks.store.schema import macro_vintages
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "adj_close", "volume")
@@ -90,15 +91,6 @@ ORDER BY v.series_id, v.obs_date
 """
 
 
-def _day(value, default: dt.date) -> dt.date:
-    if value is None:
-        return default
-    try:
-        return pd.Timestamp(value).date()
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"not a date: {value!r}") from exc
-
-
 def _symbols(symbols) -> list[str]:
     if isinstance(symbols, str):
         symbols = [symbols]
@@ -128,7 +120,7 @@ def read_prices(
     rows are simply absent.
     """
     names = sorted(_symbols(symbols))
-    first, last = _day(start, _FAR_PAST), _day(end, _FAR_FUTURE)
+    first, last = as_date(start) or _FAR_PAST, as_date(end) or _FAR_FUTURE
     if first > last:
         raise ValueError(f"read_prices: start {first} is after end {last}")
     if engine.dialect.name == "postgresql":
@@ -322,7 +314,7 @@ def read_macro(engine: Engine, series_ids, as_of=None, start=None, end=None) -> 
     ]
     if not ids:
         raise ValueError("read_macro: no series given")
-    first, last = _day(start, _FAR_PAST), _day(end, _FAR_FUTURE)
+    first, last = as_date(start) or _FAR_PAST, as_date(end) or _FAR_FUTURE
     with engine.connect() as conn:
         if as_of is None:
             query = sa.text(
@@ -341,7 +333,7 @@ def read_macro(engine: Engine, series_ids, as_of=None, start=None, end=None) -> 
                     "flow with vintages=True to keep what FRED said on each day"
                 )
             query = sa.text(_MACRO_AS_OF)
-            params = {"ids": ids, "start": first, "end": last, "as_of": _day(as_of, None)}
+            params = {"ids": ids, "start": first, "end": last, "as_of": as_date(as_of)}
         query = query.bindparams(sa.bindparam("ids", expanding=True))
         rows = conn.execute(query, params).all()
     frame = pd.DataFrame(rows, columns=["series_id", "obs_date", "value"])
