@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -70,52 +70,68 @@ def refresh_universes(
 ) -> dict:
     """Read each universe's listing and record joiners, leavers and ticker changes; with
     history_from, first backfill the KRX indexes' membership from that day."""
-    logger = get_run_logger()
     known = universes()
-    names = names or US_UNIVERSES + KR_UNIVERSES
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ValueError(f"unknown universes {unknown}: known are {sorted(known)}")
+    names = chosen(names or US_UNIVERSES + KR_UNIVERSES, known)
     day = as_of or clock.now().date()
     engine = engine_from_settings()
     plans = history_plans(engine, [known[n] for n in names], history_from, day)
-    changes: list[Change] = []
-    failed: dict[str, str] = {}
-    sizes: dict[str, int] = {}
-    backfilled: dict[str, int] = {}
     read = read_listing.with_options(retry_delay_seconds=[retry_delay_s, 6 * retry_delay_s])
+    run = Refreshed()
     for name in names:
-        days, until = plans.get(name, ([], day))
-        try:
-            members, refused = read(name, day)
-            past = read_past(read, name, days)
-        except Exception as exc:  # noqa: BLE001 - reported below, the other universes go on
-            failed[name] = str(exc)
-            logger.error("%s: %s", name, exc)
-            continue
-        if refused:
-            logger.warning("%s: %d rows refused, e.g. %s", name, len(refused), refused[:5])
-        source = known[name].source
-        with engine.begin() as conn:  # one universe lands whole or not at all
-            changes += record_members(conn, name, members, day, source, run_id())
-            if name in plans:
-                spells = history.history_spells(past, until)
-                backfilled[name] = history.record_history(
-                    conn, name, spells, until, source, run_id()
-                )
-        sizes[name] = len(members)
-    report(day, sizes, changes, failed, backfilled)
-    if failed:
+        refresh_one(engine, read, known[name], day, plans.get(name), run)
+    report(day, run.sizes, run.changes, run.failed, run.backfilled)
+    if run.failed:
         raise UniverseSourcesFailed(
             "stored membership left unchanged for: "
-            + "; ".join(f"{n} ({why})" for n, why in failed.items())
+            + "; ".join(f"{n} ({why})" for n, why in run.failed.items())
         )
     return {
         "day": str(day),
-        "members": sizes,
-        "changes": [asdict(c) for c in changes],
-        "history": backfilled,
+        "members": run.sizes,
+        "changes": [asdict(c) for c in run.changes],
+        "history": run.backfilled,
     }
+
+
+@dataclass
+class Refreshed:
+    """What the run did to each universe: members, changes, failures, history spells."""
+
+    sizes: dict[str, int] = field(default_factory=dict)
+    changes: list[Change] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    backfilled: dict[str, int] = field(default_factory=dict)
+
+
+def chosen(names: list[str], known: dict) -> list[str]:
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown universes {unknown}: known are {sorted(known)}")
+    return names
+
+
+def refresh_one(engine, read, universe, day: dt.date, plan, run: Refreshed) -> None:
+    """One universe's listing (and past listings, when planned) read and stored whole, or a
+    failure recorded and nothing stored: the other universes go on."""
+    name = universe.name
+    days, until = plan or ([], day)
+    try:
+        members, refused = read(name, day)
+        past = read_past(read, name, days)
+    except Exception as exc:  # noqa: BLE001 - reported by the flow; the other universes go on
+        run.failed[name] = str(exc)
+        get_run_logger().error("%s: %s", name, exc)
+        return
+    if refused:
+        get_run_logger().warning("%s: %d rows refused, e.g. %s", name, len(refused), refused[:5])
+    with engine.begin() as conn:  # one universe lands whole or not at all
+        run.changes += record_members(conn, name, members, day, universe.source, run_id())
+        if plan is not None:
+            spells = history.history_spells(past, until)
+            run.backfilled[name] = history.record_history(
+                conn, name, spells, until, universe.source, run_id()
+            )
+    run.sizes[name] = len(members)
 
 
 def history_plans(engine, chosen, start, day) -> dict[str, tuple[list[dt.date], dt.date]]:
