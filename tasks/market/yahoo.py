@@ -18,10 +18,11 @@ from curl_cffi.requests.exceptions import Timeout as CurlTimeout
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
-from yfinance.exceptions import YFRateLimitError, YFTickerMissingError
+from yfinance.exceptions import YFDataException, YFRateLimitError, YFTickerMissingError
 
 from tasks.limits import polite, slot_blocks
 from tasks.market.calendars import Fetch, Market
+from tasks.market.chart import CHART_URL, chart_query, read_chart
 from tasks.market.frames import Frames, History, to_frames
 from tasks.retries import retry_when
 
@@ -115,30 +116,19 @@ def fetch_history(
     session: YahooSession,
     timeout_s: float,
 ) -> History:
-    """One chart request for a symbol: daily bars with unadjusted close, adj close and actions."""
-    import yfinance as yf
+    """One chart request for a symbol: daily bars with unadjusted close, adj close and actions.
+
+    The request is yfinance's own (its client, URL and query, as Ticker.history() sends it);
+    the answer is read by tasks/market/chart.py instead of history(), whose pandas work cost
+    more than the request itself."""
     from yfinance.data import YfData
 
-    ticker = yf.Ticker(symbol, session=session)
-    # We know the exchange's timezone; this spares yfinance one extra chart request per symbol
-    # (its tz cache would not survive a fresh Fargate container anyway).
-    ticker._tz = tz
-    try:
-        frame = ticker.history(
-            start=str(start),
-            end=str(end),
-            interval="1d",
-            auto_adjust=False,
-            actions=True,
-            repair=False,
-            timeout=timeout_s,
-        )
-        meta = ticker.history_metadata
-        currency = meta["currency"] if "currency" in meta else None
-        exchange_tz = meta["exchangeTimezoneName"] if "exchangeTimezoneName" in meta else tz
-    finally:
-        YfData.cache_get.cache_clear()
-    return History(symbol.upper(), frame, currency, exchange_tz)
+    symbol = symbol.upper()
+    query = chart_query(start, end, tz)
+    response = YfData(session=session).get(CHART_URL + symbol, params=query, timeout=timeout_s)
+    if "Will be right back" in response.text:
+        raise YFDataException("*** YAHOO! FINANCE IS CURRENTLY DOWN! ***")
+    return read_chart(symbol, response.json(), query, tz)
 
 
 def describe_error(exc: BaseException) -> str:
