@@ -20,9 +20,11 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -220,24 +222,28 @@ def run_child(args: list[str], env: dict) -> dict:
 
 
 def main(profile: bool = False) -> None:
+    home = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    # Prefect reads its settings when first imported: this process's client talks to the
+    # bench's own server and keeps its state out of the developer's ~/.prefect.
+    os.environ.update(PREFECT_HOME=str(home / "client"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    from bench.scratch import clone_store, create_store, drop_store, prefect_server
 
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    from bench.scratch import clone_store, create_store, drop_store
+    server = prefect_server("sqlite", home / "server")
+    os.environ.update(PREFECT_API_URL=server.api_url)
     from tasks.limits import set_limit
     from tests.fakes.yahoo import FakeYahoo
 
     db_url = create_store()
     try:
-        with FakeYahoo() as fake, prefect_test_harness(server_startup_timeout=120):
+        server.start()
+        with FakeYahoo() as fake:
             set_limit("yahoo", RATE_SLOTS, RATE_PER_S)
             env = dict(
                 os.environ,
                 INVESTFLOW_DATABASE_URL=db_url,
                 **fake.env(),
-                PREFECT_API_URL=PREFECT_API_URL.value(),
                 PREFECT_LOGGING_LEVEL="WARNING",
+                MALLOC_ARENA_MAX="2",  # as the ingestion image runs its flows
                 PYTHONPATH=str(ROOT),
             )
             quiet_days(fake)
@@ -295,7 +301,9 @@ def main(profile: bool = False) -> None:
                     fake.today = None
                     drop_store(fresh)
     finally:
+        server.stop()
         drop_store(db_url)
+        shutil.rmtree(home, ignore_errors=True)
 
     backfill_floor_s = backfill_floor["get_s"] + backfill_floor["copy_s"]
     daily_floor_s = daily_floor["get_s"] + daily_floor["copy_s"]

@@ -1,9 +1,11 @@
-"""A migrated scratch market store on the local PostgreSQL, for one benchmark run."""
+"""A migrated scratch market store on the local PostgreSQL, and a Prefect server as make up
+runs it, for one benchmark run."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import psycopg
 
@@ -42,3 +44,19 @@ def drop_store(url: str, admin_url: str = ADMIN_URL) -> None:
     get_engine.cache_clear()
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+
+
+def prefect_server(backend: str, home: Path):
+    """A Prefect server as make up runs it (deployments/local_stack.py SERVER_SETTINGS), on its
+    own SQLite file or a fresh PostgreSQL database (not started yet). Not
+    prefect_test_harness: its plain SQLite server made each rate-limit call of a backfill
+    wait about 2 s for a write lock (20 ms here), which no deployed run sees."""
+    from deployments.local_stack import SERVER_SETTINGS
+    from tests.deployments.stack import ServerProcess
+
+    home.mkdir(parents=True)
+    url = f"sqlite+aiosqlite:///{home}/prefect.db"
+    if backend == "postgresql":
+        url = create_database(prefix="investflow_bench_prefect")
+        url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
+    return ServerProcess(home, url, PREFECT_SERVER_ANALYTICS_ENABLED="false", **SERVER_SETTINGS)

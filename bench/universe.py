@@ -125,27 +125,14 @@ def load() -> str:
     return Path("/proc/loadavg").read_text().strip()
 
 
-def prefect_server(backend: str, home: Path):
-    """A Prefect server as make up runs it, on its own SQLite file or a fresh PostgreSQL
-    database (not started yet)."""
-    from bench.scratch import create_database
-    from deployments.local_stack import SERVER_SETTINGS
-    from tests.deployments.stack import ServerProcess
-
-    home.mkdir(parents=True)
-    url = f"sqlite+aiosqlite:///{home}/prefect.db"
-    if backend == "postgresql":
-        url = create_database(prefix="investflow_bench_prefect")
-        url = url.replace("postgresql://", "postgresql+asyncpg://", 1)
-    return ServerProcess(home, url, PREFECT_SERVER_ANALYTICS_ENABLED="false", **SERVER_SETTINGS)
-
-
 def main(backend: str) -> None:
     home = Path(tempfile.mkdtemp(prefix="bench-universe-"))
     # Prefect reads its settings when first imported: this process's client talks to the
     # bench's own server and keeps its state out of the developer's ~/.prefect.
     os.environ.update(PREFECT_HOME=str(home / "client"), PREFECT_SERVER_ANALYTICS_ENABLED="false")
     load_before = load()
+    from bench.scratch import prefect_server
+
     server = prefect_server(backend, home / "server")
     os.environ.update(PREFECT_API_URL=server.api_url)
 

@@ -217,6 +217,9 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
     written = Written()
     # The next chunk is fetched while this one is checked and written: one fetch in flight at
     # a time (the same requests, at the same concurrency), none after a throttled one.
+    # What exists now (modules, Prefect's and pandas' own objects) lives for the whole run:
+    # frozen, it is left out of the collections that hand each backfill chunk back below.
+    gc.freeze()
     pending = fetch_chunk.submit(chunks[0], **how)
     for number, chunk in enumerate(chunks, 1):
         fetched = pending.result()

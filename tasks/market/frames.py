@@ -49,9 +49,14 @@ def to_frames(histories: list[History], market: str, currency: str) -> Frames:
         return Frames(empty, pd.DataFrame(columns=["symbol", "action_date"]))
     lengths = [len(h.frame) for h in kept]
     df = pd.concat([h.frame for h in kept], ignore_index=True)
-    df["symbol"] = np.repeat([h.symbol for h in kept], lengths)
-    df["trade_date"] = np.concatenate([h.frame.index.date for h in kept])
-    df["currency"] = np.repeat([h.currency or currency for h in kept], lengths)
+    # Each symbol, currency and trade date is one object shared by its rows: a chunk's symbols
+    # trade on the same few thousand days, and an object per row was 190k of them per chunk.
+    df["symbol"] = np.repeat(np.array([h.symbol for h in kept], dtype=object), lengths)
+    codes, days = pd.factorize(np.concatenate([local_days(h.frame.index) for h in kept]))
+    df["trade_date"] = np.asarray(pd.DatetimeIndex(days).date, dtype=object)[codes]
+    df["currency"] = np.repeat(
+        np.array([h.currency or currency for h in kept], dtype=object), lengths
+    )
     priced = [old for old in YFINANCE_COLUMNS if old in df.columns]
     prices = drop_empty_rows(
         df[["symbol", "trade_date", *priced, "currency"]].rename(columns=YFINANCE_COLUMNS)
@@ -87,6 +92,11 @@ def to_frames(histories: list[History], market: str, currency: str) -> Frames:
     if not actions_frame.empty:
         actions_frame = actions_frame[actions_frame["symbol"].isin(present)]
     return Frames(prices, actions_frame.reset_index(drop=True), instruments)
+
+
+def local_days(index: pd.DatetimeIndex) -> np.ndarray:
+    """A frame's dates as naive datetime64: a zone-aware index (yfinance's) at its local days."""
+    return (index.tz_localize(None) if index.tz is not None else index).values
 
 
 def drop_empty_rows(frame: pd.DataFrame) -> pd.DataFrame:
