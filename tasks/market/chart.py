@@ -12,6 +12,7 @@ tests/tasks/market/test_chart.py holds the two to the same rows on the same answ
 from __future__ import annotations
 
 import datetime as dt
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -39,8 +40,13 @@ def chart_query(start, end, tz: str) -> dict:
 
 def midnight(day, tz: str) -> int:
     """Epoch seconds of a day's 00:00 in tz (a date, or ISO text as history() takes it)."""
-    day = dt.datetime.strptime(str(day)[:10], "%Y-%m-%d")
-    return int(pd.Timestamp(day).tz_localize(tz).timestamp())
+    return _midnight(str(day)[:10], tz)
+
+
+@lru_cache(maxsize=256)
+def _midnight(day: str, tz: str) -> int:
+    # A run's symbols share a few ranges: pandas' time zone work once per day, not per symbol.
+    return int(pd.Timestamp(dt.datetime.strptime(day, "%Y-%m-%d")).tz_localize(tz).timestamp())
 
 
 def read_chart(symbol: str, payload, query: dict, tz: str) -> History:
@@ -126,8 +132,13 @@ def one_row_a_day(days: np.ndarray) -> np.ndarray:
     keep = np.ones(len(days), dtype=bool)
     if len(days) > 1 and days[-1] == days[-2]:
         keep[-2] = False
-    seen = pd.Index(days[keep]).duplicated(keep="first")
-    keep[np.flatnonzero(keep)[seen]] = False
+    rows = np.flatnonzero(keep)
+    kept = days[rows]
+    if len(kept) > 1 and (kept[1:] >= kept[:-1]).all():  # in order, as the bars were sorted
+        seen = np.concatenate([[False], kept[1:] == kept[:-1]])
+    else:  # a DST slip moved a bar past the next one
+        seen = pd.Index(kept).duplicated(keep="first")
+    keep[rows[seen]] = False
     return keep
 
 

@@ -85,10 +85,11 @@ def write_frame(
             ],
         )
     if not good.empty:
-        lock_entities(conn, table_name, good[spec.key[0]].astype(str).unique())
+        entities = Entities.of(good[spec.key[0]])
+        lock_entities(conn, table_name, entities.names)
         write = _upsert_postgres if conn.dialect.name == "postgresql" else _upsert_sqlite
-        changed = write(conn, spec, columns, good)  # entity -> (inserted, updated)
-        rows = good[spec.key[0]].astype(str).value_counts().to_dict()
+        changed = write(conn, spec, columns, good, entities)  # entity -> (inserted, updated)
+        rows = entities.counts()
         result.by_entity = {
             e: (*changed.get(e, (0, 0)), n - sum(changed.get(e, (0, 0)))) for e, n in rows.items()
         }
@@ -108,31 +109,50 @@ def write_frame(
     return result
 
 
+@dataclass
+class Entities:
+    """A batch's entities (its first key column) as codes per row and their names, found once:
+    the lock, the watermark and the counts each used to convert and hash 500k strings."""
+
+    codes: np.ndarray
+    names: list[str]
+
+    @classmethod
+    def of(cls, column: pd.Series) -> Entities:
+        codes, uniques = pd.factorize(column)
+        return cls(codes, [str(u) for u in uniques])
+
+    def counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
+        """Rows per entity, of all rows or of those rows marks."""
+        codes = self.codes if rows is None else self.codes[rows]
+        found = np.bincount(codes, minlength=len(self.names))
+        return {name: int(n) for name, n in zip(self.names, found, strict=True) if n}
+
+
 def _stamp(spec: schema.UpsertSpec) -> str:
     """The column that records when a row last changed."""
     return "ingested_at" if "ingested_at" in spec.table.c else "updated_at"
 
 
-def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
+def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataFrame, entities):
     table = spec.table.name
     cursor = conn.connection.driver_connection.cursor()
-    direct = pd.Series(False, index=frame.index)
+    direct = np.zeros(len(frame), dtype=bool)
     if spec.watermark:
         entity, order = spec.watermark
-        codes, names = pd.factorize(frame[entity].astype(str))
-        marks = newest_per_entity(conn, spec, sorted(names))
+        own = entities if entity == spec.key[0] else Entities.of(frame[entity])
+        marks = newest_per_entity(conn, spec, sorted(own.names))
         # Rows past their entity's newest stored date cannot conflict: copy them straight in.
         # (Each entity's mark looked up once and spread by its codes: mapping every row to a
         # Python date and parsing those back cost a third of a 500k-row write.)
-        newest = np.array([marks.get(n) for n in names], dtype="datetime64[D]")[codes]
-        days = as_days(frame[order])
-        direct = pd.Series(np.isnat(newest) | (days > newest), index=frame.index)
+        newest = np.array([marks.get(n) for n in own.names], dtype="datetime64[D]")[own.codes]
+        direct = np.isnat(newest) | (as_days(frame[order]) > newest)
     entity_of = spec.key[0]
     counts: dict[str, list[int]] = {}
     if direct.any():
         rows = frame if direct.all() else frame[direct]
         copy_frame(cursor, table, spec, columns, rows)
-        for entity, n in rows[entity_of].astype(str).value_counts().items():
+        for entity, n in entities.counts(direct).items():
             counts.setdefault(entity, [0, 0])[0] += n
     if not direct.all():
         rest = frame if not direct.any() else frame[~direct]
@@ -174,7 +194,7 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
     return {entity: (ins, upd) for entity, (ins, upd) in counts.items()}
 
 
-def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFrame):
+def _upsert_sqlite(conn: Connection, spec, columns: list[str], frame: pd.DataFrame, _entities):
     table = spec.table.name
     stage = sa.Table(
         f"_stage_{uuid.uuid4().hex[:12]}",
