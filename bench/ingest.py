@@ -4,8 +4,10 @@ adj_close history), beside a naive single yf.download into to_sql; peak RSS and 
 
 Run: .venv/bin/python bench/ingest.py [--profile]  (needs PostgreSQL at 127.0.0.1:5432; takes
 several minutes). Each measured job runs in its own process, so its peak RSS is the whole
-process's, as on Fargate. The daily run is measured three times, each on a fresh copy of the
-store the backfill left, and its median reported (every run's seconds are kept in the result).
+process's, as on Fargate (with the ingestion image's MALLOC_ARENA_MAX=2), against a Prefect
+server as make up runs it (bench/scratch.py prefect_server). The daily run is measured three
+times, each on a fresh copy of the store the backfill left, and its median reported (every
+run's seconds are kept in the result).
 
 The floor of each job, measured in the same run: the stand-in's bare answer time for the very
 requests the job made, at the job's concurrency (curl_cffi GETs, bodies read, nothing parsed),

@@ -220,24 +220,27 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
     # What exists now (modules, Prefect's and pandas' own objects) lives for the whole run:
     # frozen, it is left out of the collections that hand each backfill chunk back below.
     gc.freeze()
-    pending = fetch_chunk.submit(chunks[0], **how)
-    for number, chunk in enumerate(chunks, 1):
-        fetched = pending.result()
-        if number < len(chunks) and not fetched.throttled:
-            pending = fetch_chunk.submit(chunks[number], **how)
-        result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
-        del fetched
-        written.rebased |= found
-        reports, new_flags = write_chunk(result, chunk, plan.market, plan.through, found)
-        written.reports += reports
-        written.flags += new_flags
-        written.throttled = result.throttled
-        del result
-        if any(p.backfill for p in chunk):
-            gc.collect()  # hand a backfill's frames back before the next chunk is fetched
-        advance_progress(progress, number, len(chunks))
-        if written.throttled:
-            break
+    try:
+        pending = fetch_chunk.submit(chunks[0], **how)
+        for number, chunk in enumerate(chunks, 1):
+            fetched = pending.result()
+            if number < len(chunks) and not fetched.throttled:
+                pending = fetch_chunk.submit(chunks[number], **how)
+            result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
+            del fetched
+            written.rebased |= found
+            reports, new_flags = write_chunk(result, chunk, plan.market, plan.through, found)
+            written.reports += reports
+            written.flags += new_flags
+            written.throttled = result.throttled
+            del result
+            if any(p.backfill for p in chunk):
+                gc.collect()  # hand a backfill's frames back before the next chunk is fetched
+            advance_progress(progress, number, len(chunks))
+            if written.throttled:
+                break
+    finally:
+        gc.unfreeze()  # a process that goes on (a test session, a notebook) collects it again
     return written
 
 
