@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 
 from tasks.store import schema
+from tasks.store.compare import changed_prices
 from tasks.store.copy import as_days, copy_frame, python_columns
 from tasks.store.sql import insert_new, lock_entities
 from tasks.store.validate import Rejected, fingerprint, split_rejects
@@ -154,8 +155,16 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
         copy_frame(cursor, table, spec, columns, rows)
         for entity, n in entities.counts(direct).items():
             counts.setdefault(entity, [0, 0])[0] += n
-    if not direct.all():
-        rest = frame if not direct.any() else frame[~direct]
+    rest = frame[~direct] if direct.any() else frame
+    # Prices are read back and compared here (tasks.store.compare), so only the rows that are
+    # new or differ are staged; known is then that mask. Other tables: the server compares.
+    known = None
+    if len(rest) and table == "daily_prices":
+        codes = entities.codes if not direct.any() else entities.codes[~direct]
+        known = changed_prices(cursor, rest, codes, entities.names, columns)
+        if known is not None and not known.all():
+            rest = rest[known]
+    if len(rest):
         stage = f"_stage_{uuid.uuid4().hex[:12]}"
         conn.exec_driver_sql(
             f"CREATE TEMP TABLE {stage} ON COMMIT DROP AS "
@@ -169,8 +178,8 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
             t_vals = ", ".join(f"t.{v}" for v in values)
             s_vals = ", ".join(f"s.{v}" for v in values)
             x_vals = ", ".join(f"EXCLUDED.{v}" for v in values)
-            # Only rows that are new or differ reach the INSERT: an unchanged re-run is one
-            # hash join and no writes.
+            # Only rows that are new or differ reach the INSERT: an unchanged re-run of a
+            # table not compared here is one hash join and no writes.
             changed = f"t.{spec.key[0]} IS NULL OR ROW({t_vals}) IS DISTINCT FROM ROW({s_vals})"
             on_conflict = (
                 f"DO UPDATE SET {', '.join(f'{v} = EXCLUDED.{v}' for v in values)}, "
@@ -179,10 +188,14 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
         else:
             changed = f"t.{spec.key[0]} IS NULL"
             on_conflict = "DO NOTHING"
+        # Rows already compared need no join: ON CONFLICT finds each one's stored row.
+        source = (
+            f"{stage} s WHERE true" if known is not None else
+            f"{stage} s LEFT JOIN {table} t ON {join} WHERE {changed}"
+        )  # fmt: skip
         merged = conn.exec_driver_sql(
             f"WITH up AS (INSERT INTO {table} AS t ({', '.join(columns)}) "
-            f"SELECT s.{', s.'.join(columns)} FROM {stage} s LEFT JOIN {table} t ON {join} "
-            f"WHERE {changed} "
+            f"SELECT s.{', s.'.join(columns)} FROM {source} "
             f"ON CONFLICT ({key}) {on_conflict} RETURNING {entity_of}, (xmax = 0) AS fresh) "
             f"SELECT {entity_of}, count(*) FILTER (WHERE fresh), "
             f"count(*) FILTER (WHERE NOT fresh) FROM up GROUP BY {entity_of}"

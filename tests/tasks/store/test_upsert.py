@@ -150,6 +150,73 @@ def test_overlapping_batch_inserts_new_and_updates_changed(store):
     assert len(stored(store)) == 14
 
 
+def test_a_change_in_any_one_column_is_found_and_only_that_row_updated(store):
+    # Each value column alone, the text ones and NULLs included: PostgreSQL finds changed
+    # prices by reading the stored rows back and comparing them (tasks.store.compare), and a
+    # change it missed would be lost without a word.
+    base = prices(symbols=("AAPL", "MSFT", "005930.KS"), days=4)
+    base.loc[base.symbol == "005930.KS", "adj_close"] = float("nan")
+    base.loc[base.symbol == "005930.KS", "currency"] = "KRW"
+    upsert_frame(store, "daily_prices", base)
+    edits = [
+        ("open", 1.5), ("high", 999.0), ("low", 0.5), ("close", 150.25),
+        ("adj_close", 1.0), ("adj_close", float("nan")), ("volume", 7),
+        ("currency", "EUR"), ("currency", None), ("source", "krx"),
+    ]  # fmt: skip
+    for column, value in edits:
+        for row in (1, 9):  # a US row (adj_close stored), a KRW one (adj_close NULL)
+            frame = pd.DataFrame(stored(store)[base.columns])
+            now = frame.loc[row, column]
+            if (pd.isna(now) and pd.isna(value)) or now == value:
+                continue  # nothing to change (adj_close of the KRW row is NULL already)
+            frame.loc[row, column] = value
+            result = upsert_frame(store, "daily_prices", frame)
+            what = f"{column}={value!r} on row {row}"
+            assert (result.inserted, result.updated, result.unchanged) == (0, 1, 11), what
+            after = stored(store).loc[row, column]
+            assert after == value or (pd.isna(after) and pd.isna(value)), what
+
+
+def test_stored_rows_of_mixed_currency_are_compared_row_by_row(store):
+    frame = prices(days=4)
+    frame.loc[[0, 1], "currency"] = "EUR"  # AAPL's first two days in another currency
+    frame.loc[[4, 5], "currency"] = None  # MSFT's first two with none
+    upsert_frame(store, "daily_prices", frame)
+    again = upsert_frame(store, "daily_prices", frame)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 8)
+    frame.loc[2, "currency"] = "EUR"
+    frame.loc[4, "currency"] = "USD"
+    result = upsert_frame(store, "daily_prices", frame)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 2, 6)
+    assert list(stored(store).currency) == ["EUR", "EUR", "EUR", "USD", "USD", None, "USD", "USD"]
+
+
+def test_a_large_batch_of_new_gaps_and_scattered_changes_lands_exactly(store):
+    # 40 symbols x 60 sessions stored with every fifth day missing; the batch fills the gaps,
+    # adds 5 days past the end and changes 5% of the stored rows in one column each.
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    symbols = tuple(f"S{i:02d}" for i in range(40))
+    full = prices(symbols=symbols, days=65)
+    day = (pd.to_datetime(full.trade_date) - pd.Timestamp("2024-01-02")).dt.days
+    stored_part = full[(day % 5 != 4) & (day < 60)]
+    upsert_frame(store, "daily_prices", stored_part)
+    batch = full.copy()
+    picked = rng.choice(stored_part.index.to_numpy(), size=len(stored_part) // 20, replace=False)
+    columns = rng.choice(["close", "adj_close", "volume", "currency"], size=len(picked))
+    for row, column in zip(picked, columns, strict=True):
+        batch.loc[row, column] = {"close": 500.0, "adj_close": float("nan"), "volume": 3,
+                                  "currency": "KRW"}[column]  # fmt: skip
+    result = upsert_frame(store, "daily_prices", batch)
+    new = len(full) - len(stored_part)
+    assert (result.inserted, result.updated) == (new, len(picked))
+    assert result.unchanged == len(stored_part) - len(picked)
+    got = stored(store)[batch.columns].reset_index(drop=True)
+    want = batch.sort_values(["symbol", "trade_date"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+
+
 def test_bad_rows_are_set_aside_with_reasons_and_good_rows_land(store):
     frame = prices(days=3)
     bad = pd.DataFrame(
