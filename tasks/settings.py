@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     # The local stack's server (`make up`, `make status`, `make down`) listens on this port.
     prefect_port: int = 4200
     model_dir: Path = PROJECT_ROOT / "data" / "models"
+    # What is kept between runs to save time (built exchange calendars); unset:
+    # $XDG_CACHE_HOME/investflow, else ~/.cache/investflow.
+    cache_dir: Path | None = None
     http_timeout_s: float = 30.0
     # Alerts (deployments/automations.py): a run Late this long alerts; a scheduled deployment
     # may go its longest gap between fire times plus this grace without a Completed run.

@@ -11,6 +11,7 @@ from tasks.market.calendars import (
     market_of,
     plan_fetches,
     sessions_between,
+    trading_calendar,
 )
 
 US, KR = MARKETS["US"], MARKETS["KR"]
@@ -85,3 +86,57 @@ def test_plan_fetches_with_an_explicit_start_refetches_everyone():
         US, ["AAPL"], stored, dt.date(2024, 6, 18), dt.date(2024, 1, 2), 5, force_start=True
     )
     assert [(p.symbol, p.start) for p in plans] == [("AAPL", dt.date(2024, 1, 2))]
+
+
+def test_a_calendar_is_built_once_then_loaded_from_the_cache_folder(tmp_path, monkeypatch):
+    # Building XKRX costs a fresh process ~2 s (each run of a process worker); a week-old
+    # build is as good, so the second process loads it instead.
+    import exchange_calendars as xcals
+
+    monkeypatch.setenv("INVESTFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    trading_calendar.cache_clear()
+    built = trading_calendar("XNYS")
+    (cached,) = (tmp_path / "cache").iterdir()
+    assert cached.name.startswith(f"XNYS-xcals{xcals.__version__}-pandas")
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("the calendar was built again instead of loaded")
+
+    monkeypatch.setattr(xcals, "get_calendar", not_again)
+    trading_calendar.cache_clear()  # as a new process starts
+    loaded = trading_calendar("XNYS")
+    assert loaded is not built
+    assert list(loaded.sessions) == list(built.sessions)
+    assert list(loaded.closes) == list(built.closes)
+    trading_calendar.cache_clear()
+
+
+def test_a_stale_or_broken_cache_is_built_anew_and_an_unwritable_one_ignored(tmp_path, monkeypatch):
+    import os
+
+    from tasks.market.calendars import CALENDAR_CACHE_DAYS
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("INVESTFLOW_CACHE_DIR", str(folder))
+    trading_calendar.cache_clear()
+    trading_calendar("XNYS")
+    (cached,) = folder.iterdir()
+    week_ago = cached.stat().st_mtime - (CALENDAR_CACHE_DAYS + 1) * 86_400
+    os.utime(cached, (week_ago, week_ago))
+    trading_calendar.cache_clear()
+    assert last_closed_session(MARKETS["US"], dt.datetime(2024, 11, 29, 22, tzinfo=dt.UTC)) == (
+        dt.date(2024, 11, 29)
+    )
+    assert cached.stat().st_mtime > week_ago + 86_400  # rebuilt and written again
+
+    cached.write_bytes(b"not a pickle")
+    trading_calendar.cache_clear()
+    assert trading_calendar("XNYS").name == "XNYS"
+    assert cached.stat().st_size > 1000
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("INVESTFLOW_CACHE_DIR", str(blocked / "cache"))  # cannot be a folder
+    trading_calendar.cache_clear()
+    assert trading_calendar("XNYS").name == "XNYS"
+    trading_calendar.cache_clear()
