@@ -151,6 +151,22 @@ def child_naive(db_url: str) -> None:
     print(json.dumps({"s": elapsed, "rss_mb": peak_rss_mb(), "rows": len(long)}))
 
 
+def child_empty() -> None:
+    """A flow run that does nothing, run as child_flow runs us-prices: what Prefect itself
+    costs any run in a fresh process (creating the run, its states, the heartbeat thread)."""
+    from prefect import flow
+
+    import flows.prices  # noqa: F401 - the same imports as the measured run
+
+    @flow(name="empty-run")
+    def empty_run() -> None:
+        return None
+
+    began, cpu_began = time.perf_counter(), cpu_seconds()
+    empty_run()
+    print(json.dumps({"s": time.perf_counter() - began, "cpu_s": cpu_seconds() - cpu_began}))
+
+
 def child_floor(requests_file: str, db_url: str, base_url: str, ca_file: str) -> None:
     """The least a job needs: its GETs at its concurrency, bodies read, then COPY of its rows."""
     from concurrent.futures import ThreadPoolExecutor
@@ -279,6 +295,8 @@ def main(profile: bool = False) -> None:
                             drop_store(fetched)
                 finally:
                     drop_store(copy)
+            # What Prefect costs a run that does nothing, measured as the daily run is.
+            empties = [run_child(["empty"], env)["s"] for _ in range(DAILY_RUNS)]
             run_child(["flow", DAILY_AS_OF, ""], env)  # the store itself, for Tuesday's run
             daily = {k: statistics.median(d[k] for d in dailies) for k in ("s", "cpu_s", "rss_mb")}
             # Tuesday: five symbols go ex-dividend, so Yahoo re-scales their whole adj_close.
@@ -319,6 +337,8 @@ def main(profile: bool = False) -> None:
         "daily_floor_s": round(daily_floor_s, 2),
         "daily_floor": {k: round(v, 2) for k, v in daily_floor.items()},
         "daily_cpu_s": round(daily["cpu_s"], 1),
+        "empty_flow_run_s": round(statistics.median(empties), 2),
+        "empty_flow_runs_s": [round(e, 2) for e in empties],
         "daily_peak_rss_mb": round(daily["rss_mb"], 1),
         "daily_requests": max(daily_requests),
         "daily_requests_per_symbol": round(max(daily_requests) / len(SYMBOLS), 2),
@@ -340,6 +360,11 @@ def main(profile: bool = False) -> None:
             "backfill_vs_floor": round(backfill["s"] / backfill_floor_s, 2),
             "backfill_vs_peer": round(backfill["s"] / naive["s"], 2),
             "daily_vs_floor": round(daily["s"] / daily_floor_s, 2),
+            # The floor plus what Prefect costs any run (empty_flow_run_s): the least a daily
+            # run needs as a Prefect flow run.
+            "daily_vs_floor_and_empty_run": round(
+                daily["s"] / (daily_floor_s + statistics.median(empties)), 2
+            ),
         },
         # The host (2 cores) is shared with other sessions' test runs: the 1-minute load
         # average before the backfill and after each job says how busy it was.
@@ -359,6 +384,8 @@ if __name__ == "__main__":
         child_flow(sys.argv[2], sys.argv[3] or None, profile=sys.argv[1] == "profile")
     elif len(sys.argv) > 1 and sys.argv[1] == "floor":
         child_floor(*sys.argv[2:6])
+    elif len(sys.argv) > 1 and sys.argv[1] == "empty":
+        child_empty()
     elif len(sys.argv) > 1 and sys.argv[1] == "naive":
         child_naive(sys.argv[2])
     else:
