@@ -31,12 +31,14 @@ def check_prices(
     if prices.empty:
         return prices, []
     issues: list[Issue] = []
-    frame = prices.sort_values(["symbol", "trade_date"], kind="stable")
-
-    dup = frame.duplicated(["symbol", "trade_date"], keep="last")
-    for row in frame.loc[dup, ["symbol", "trade_date"]].itertuples(index=False):
-        issues.append(Issue(row.symbol, row.trade_date, "duplicate", "kept the last copy"))
-    frame = frame[~dup]
+    if in_order(prices):  # as a chart's rows come: nothing to sort, no day twice
+        frame = prices
+    else:
+        frame = prices.sort_values(["symbol", "trade_date"], kind="stable")
+        dup = frame.duplicated(["symbol", "trade_date"], keep="last")
+        for row in frame.loc[dup, ["symbol", "trade_date"]].itertuples(index=False):
+            issues.append(Issue(row.symbol, row.trade_date, "duplicate", "kept the last copy"))
+        frame = frame[~dup]
 
     o, h, lo, c = (frame[k].to_numpy(dtype=float) for k in ("open", "high", "low", "close"))
     with np.errstate(invalid="ignore"):
@@ -110,7 +112,11 @@ def calendar_issues(
     if prices.empty:
         return prices, []
     issues = []
-    off = ~prices["trade_date"].isin(sessions)
+    # As numpy days: the per-symbol Python sets and scans of every session cost a backfill
+    # about a second (20 chunks of 25 symbols x 2,500 sessions).
+    days = day_array(prices["trade_date"])
+    calendar = np.array(sorted(sessions), dtype="datetime64[D]")
+    off = ~np.isin(days, calendar)
     for row in prices.loc[off].itertuples(index=False):
         issues.append(
             Issue(
@@ -122,14 +128,43 @@ def calendar_issues(
             )
         )
     kept = prices[~off] if off.any() else prices  # no copy of a whole chunk for nothing
-    for symbol, dates in kept.groupby("symbol", sort=False)["trade_date"]:
-        first = max(starts.get(symbol, dates.min()), dates.min())
-        have = set(dates)
-        for day in sorted(d for d in sessions if first <= d <= through and d not in have):
+    days = days[~off]
+    codes, symbols = pd.factorize(kept["symbol"])  # in order of appearance
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(symbols) + 1))
+    last = np.datetime64(through, "D")
+    for i, symbol in enumerate(symbols):
+        dates = days[order[bounds[i] : bounds[i + 1]]]
+        first = dates.min()
+        if symbol in starts:
+            first = max(np.datetime64(starts[symbol], "D"), first)
+        window = calendar[(calendar >= first) & (calendar <= last)]
+        for day in window[~np.isin(window, dates)].astype(object):
             issues.append(
                 Issue(symbol, day, "missing_session", "the calendar has a session; no bar")
             )
     return kept, issues
+
+
+def in_order(prices: pd.DataFrame) -> bool:
+    """Whether prices are sorted by symbol, then date, with no (symbol, day) twice: sorting a
+    chunk that is (and finding its duplicates) cost a backfill about half a second."""
+    codes, names = pd.factorize(prices["symbol"])
+    if (codes < 0).any() or list(names) != sorted(names):
+        return False
+    days = day_array(prices["trade_date"])
+    if np.isnat(days).any():
+        return False
+    step = np.diff(codes)
+    return not ((step < 0).any() or ((step == 0) & (np.diff(days) <= np.timedelta64(0))).any())
+
+
+def day_array(column: pd.Series) -> np.ndarray:
+    """A date column as datetime64[D]; Python dates converted once per distinct day."""
+    if pd.api.types.is_datetime64_any_dtype(column):
+        return column.to_numpy(dtype="datetime64[D]")
+    codes, uniques = pd.factorize(column)
+    return np.array(list(uniques), dtype="datetime64[D]")[codes]
 
 
 def stale_symbols(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from prefect import task
@@ -12,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.logs import run_id
 from tasks.market.calendars import Fetch, Market, sessions_between
-from tasks.market.quality import Issue, calendar_issues, check_prices
+from tasks.market.quality import Issue, calendar_issues, check_prices, day_array
 from tasks.market.rebase import find_rebases, first_dates, read_stored, replace_symbols
 from tasks.market.yahoo import ChunkResult
 from tasks.retries import connection_lost, describe_lost_connection, retry_when
@@ -175,7 +176,7 @@ def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
         if rows_of:
             write_frame(conn, "instruments", pd.DataFrame(rows_of))
         new_flags += record_flags(conn, issues, "yahoo", run_id())
-        spans = clean.groupby("symbol")["trade_date"].agg(["min", "max"]) if len(clean) else None
+        spans = date_spans(clean)
         for symbol in sorted(set(rebased) & landed):
             rebased[symbol].rows_changed = written.by_entity[symbol][1]
             first, last = spans.loc[symbol, "min"], spans.loc[symbol, "max"]
@@ -184,6 +185,27 @@ def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
                 rebased[symbol].rows_changed, run_id(),
             )  # fmt: skip
     return written, spans, new_flags
+
+
+def date_spans(prices: pd.DataFrame) -> pd.DataFrame | None:
+    """Each symbol's first and last trade_date (as dates), indexed by symbol in order; None for
+    no rows. With numpy: pandas' groupby min and max of date objects took a backfill 0.3 s."""
+    if not len(prices):
+        return None
+    codes, names = pd.factorize(prices["symbol"])
+    days = day_array(prices["trade_date"]).view(np.int64)
+    low = np.full(len(names), np.iinfo(np.int64).max)
+    high = np.full(len(names), np.iinfo(np.int64).min)
+    np.minimum.at(low, codes, days)
+    np.maximum.at(high, codes, days)
+    spans = pd.DataFrame(
+        {
+            "min": low.view("datetime64[D]").astype(object),
+            "max": high.view("datetime64[D]").astype(object),
+        },
+        index=pd.Index(names, name="symbol"),
+    )
+    return spans.sort_index()
 
 
 def report(symbol, span, counts, refused, issues, rebase: Rebase | None) -> SymbolReport:
