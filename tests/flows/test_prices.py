@@ -175,6 +175,16 @@ def test_throttling_past_the_retries_fails_the_run(yahoo, pg_engine):
     assert counts_by_symbol(pg_engine) == {"AAPL": 10}  # the good symbol before it landed
 
 
+def test_a_run_of_several_chunks_shows_its_progress_bar_full_at_the_end(yahoo, pg_engine):
+    # Three chunks written within a second: the bar moves at most once a second, but the
+    # last chunk always shows, so the UI never leaves a finished run short of 100%.
+    result = us(symbols=TEN, start=dt.date(2024, 6, 1), as_of=FRI, chunk_size=4)
+    assert result["failed"] == {}
+    bar = latest_artifact("us-prices-progress")
+    assert bar.type == "progress" and float(bar.data) == 100.0
+    assert bar.flow_run_id == latest_artifact("us-prices-summary").flow_run_id
+
+
 def test_malformed_json_for_one_symbol_is_reported(yahoo, pg_engine):
     yahoo.malformed.add("NVDA")
     result = us(symbols=TEN[:6], start=dt.date(2024, 6, 1), as_of=FRI)
