@@ -131,6 +131,7 @@ class Plan:
     stored: dict[str, dt.date]
     fetches: list[Fetch]
     flags: list[Issue]
+    held: frozenset[str] = frozenset()  # symbols with any stored prices: what a re-base can hit
 
 
 @dataclass
@@ -171,11 +172,11 @@ def plan_run(engine, run: PriceRun, settings: Settings) -> Plan:
     through = last_closed_session(market, now)
     if run.end is not None:
         through = min(through, run.end)
-    stored = latest_dates(engine, "daily_prices", symbols)
+    held = latest_dates(engine, "daily_prices", symbols)
     # A symbol with prices but no instruments row was cut off mid-write by an older version:
     # fetch it again from the start so what is missing (its actions, its row) lands.
     known = instrument_symbols(engine, symbols)
-    stored = {s: d for s, d in stored.items() if s in known}
+    stored = {s: d for s, d in held.items() if s in known}
     backfill_start = run.start or now.date() - dt.timedelta(days=round(365.25 * BACKFILL_YEARS))
     fetches = plan_fetches(
         market,
@@ -187,7 +188,7 @@ def plan_run(engine, run: PriceRun, settings: Settings) -> Plan:
         run.start is not None,
     )
     key = f"{run.market_code.lower()}-prices"
-    return Plan(market, key, now, through, symbols, stored, fetches, flags)
+    return Plan(market, key, now, through, symbols, stored, fetches, flags, frozenset(held))
 
 
 def up_to_date(plan: Plan) -> dict:
@@ -226,7 +227,10 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
             fetched = pending.result()
             if number < len(chunks) and not fetched.throttled:
                 pending = fetch_chunk.submit(chunks[number], **how)
-            result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
+            if plan.held.intersection(p.symbol for p in chunk):
+                result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
+            else:  # nothing of the chunk is stored yet (a first backfill): nothing to re-base
+                result, found = fetched, {}
             del fetched
             written.rebased |= found
             reports, new_flags = write_chunk(result, chunk, plan.market, plan.through, found)
@@ -236,7 +240,7 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
             del result
             if any(p.backfill for p in chunk):
                 gc.collect()  # hand a backfill's frames back before the next chunk is fetched
-            advance_progress(progress, number, len(chunks))
+            advance_progress(progress, number)
             if written.throttled:
                 break
     finally:
