@@ -103,8 +103,10 @@ def daily_frame(result: dict, period2: int, tz: str) -> pd.DataFrame:
     days, columns = days[keep], {k: v[keep] for k, v in columns.items()}
     days, columns = merge_events(days, columns, result.get("events") or {}, period2, tz)
     columns["Volume"] = np.nan_to_num(columns["Volume"], nan=0.0).astype(np.int64)
-    frame = pd.DataFrame(columns, index=pd.DatetimeIndex(days, name="Date"), copy=False)
-    return frame[~empty_rows(columns)]
+    empty = empty_rows(columns)
+    if empty.any():  # dropped from the arrays: a frame's boolean indexing copies it whole
+        days, columns = days[~empty], {k: v[~empty] for k, v in columns.items()}
+    return pd.DataFrame(columns, index=pd.DatetimeIndex(days, name="Date"), copy=False)
 
 
 def floats(values) -> np.ndarray:
