@@ -129,6 +129,8 @@ def _same_layout(lengths: np.ndarray) -> list[np.ndarray]:
     """
     key, radix = np.zeros(len(lengths), dtype=np.int64), 1
     for column in lengths.T:
+        if (column == column[0]).all():  # one length (a fixed-width column, no NULL): as is
+            continue
         codes, distinct = pd.factorize(column)
         if len(distinct) > 1:
             if radix * len(distinct) > 1 << 40:  # many layouts: group them the general way
