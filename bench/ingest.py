@@ -5,9 +5,13 @@ adj_close history), beside a naive single yf.download into to_sql; peak RSS and 
 Run: .venv/bin/python bench/ingest.py [--profile]  (needs PostgreSQL at 127.0.0.1:5432; takes
 several minutes). Each measured job runs in its own process, so its peak RSS is the whole
 process's, as on Fargate (with the ingestion image's MALLOC_ARENA_MAX=2), against a Prefect
-server as make up runs it (bench/scratch.py prefect_server). The daily run is measured three
-times, each on a fresh copy of the store the backfill left, and its median reported (every
-run's seconds are kept in the result).
+server as make up runs it (bench/scratch.py prefect_server). The backfill runs three times,
+each into a fresh store, and so does its floor; the daily run three times, each on a fresh
+copy of the store the first backfill left. Each figure is the median (the peak RSS the
+highest), and every run's seconds are kept in the result. Beside each run's wall time, its
+duration as Prefect records it (Running to Completed, as the UI shows it): Prefect 3.8.8's
+teardown joins the heartbeat thread, which sleeps a second at a time, so the process's wall
+time moves in steps of up to a second while the run's own does not.
 
 The floor of each job, measured in the same run: the stand-in's bare answer time for the very
 requests the job made, at the job's concurrency (curl_cffi GETs, bodies read, nothing parsed),
@@ -45,6 +49,7 @@ START = "2016-11-21"
 # polite production 4/s.
 RATE_SLOTS, RATE_PER_S = 1000, 1000.0
 DAILY_RUNS = 3
+BACKFILL_RUNS = 3  # the backfill and its floor: the median of each
 FETCH_WORKERS = 2  # tasks/market/yahoo.py fetch_chunk: requests in flight at once
 URL = "INVESTFLOW_DATABASE_URL"
 
@@ -65,18 +70,21 @@ def child_flow(as_of: str, start: str | None, profile: bool = False) -> None:
     top: dict = {}
     began, cpu_began = time.perf_counter(), cpu_seconds()
     with profiled(top) if profile else contextlib.nullcontext():
-        result = ingest_us_prices.with_options(retries=0)(
+        state = ingest_us_prices.with_options(retries=0)(
             symbols=SYMBOLS,
             start=dt.date.fromisoformat(start) if start else None,
             as_of=dt.datetime.fromisoformat(as_of),
             chunk_size=25,
+            return_state=True,
         )
     elapsed, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
+    result = state.result()
     rebased = result.get("rebased", {})
     print(
         json.dumps(
             {
                 "s": elapsed,
+                "run_s": run_seconds(state),
                 "cpu_s": cpu,
                 "rss_mb": peak_rss_mb(),
                 "failed": len(result["failed"]),
@@ -86,6 +94,17 @@ def child_flow(as_of: str, start: str | None, profile: bool = False) -> None:
             }
         )
     )
+
+
+def run_seconds(state) -> float:
+    """The run's own duration as Prefect records it and the UI shows it: from Running to its
+    final state. The process's wall time adds Prefect's start and teardown around it (in
+    3.8.8 the teardown joins the heartbeat thread, which sleeps a second at a time)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    return (run.end_time - run.start_time).total_seconds()
 
 
 def fetched_rows_store(url: str, day: str) -> str:
@@ -173,8 +192,9 @@ def child_empty() -> None:
         return None
 
     began, cpu_began = time.perf_counter(), cpu_seconds()
-    empty_run()
-    print(json.dumps({"s": time.perf_counter() - began, "cpu_s": cpu_seconds() - cpu_began}))
+    state = empty_run(return_state=True)
+    elapsed, cpu = time.perf_counter() - began, cpu_seconds() - cpu_began
+    print(json.dumps({"s": elapsed, "run_s": run_seconds(state), "cpu_s": cpu}))
 
 
 def child_floor(requests_file: str, db_url: str, base_url: str, ca_file: str) -> None:
@@ -240,6 +260,26 @@ def floor(fake, requests, db_url: str, env: dict) -> dict:
         return run_child(["floor", f.name, db_url, fake.url, str(fake.ca_file)], env)
 
 
+def machine_cpu() -> tuple[int, int]:
+    """All cores' busy and total clock ticks since boot (/proc/stat; iowait counts as idle)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def measured(args: list[str], env: dict) -> dict:
+    """run_child, with who kept the cores busy meanwhile: the machine's busy share of its
+    cores, and the CPU seconds of this process (the bench, idle but for the stand-in serving
+    Yahoo) beside the child's own."""
+    busy, total = machine_cpu()
+    stand_in = cpu_seconds()
+    out = run_child(args, env)
+    now_busy, now_total = machine_cpu()
+    return out | {
+        "machine_busy": (now_busy - busy) / max(now_total - total, 1),
+        "stand_in_cpu_s": cpu_seconds() - stand_in,
+    }
+
+
 def run_child(args: list[str], env: dict) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, *args], env=env, capture_output=True, text=True, check=False
@@ -278,10 +318,27 @@ def main(profile: bool = False) -> None:
             set_day(fake, BACKFILL_AS_OF)
             load = [os.getloadavg()[0]]
             before = len(fake.requests)
-            backfill = run_child(["flow", BACKFILL_AS_OF, START], env)
+            backfills = [measured(["flow", BACKFILL_AS_OF, START], env)]
             load.append(os.getloadavg()[0])
             backfill_requests = fake.requests[before:]
-            backfill_floor = floor(fake, backfill_requests, db_url, env)
+            # Once more into fresh stores, and the floor as often: one run of each moved the
+            # ratio by a quarter. The first run's store is the one the daily runs start from.
+            for _ in range(BACKFILL_RUNS - 1):
+                fresh = create_store()
+                try:
+                    backfills.append(measured(["flow", BACKFILL_AS_OF, START], env | {URL: fresh}))
+                finally:
+                    drop_store(fresh)
+            floors = [floor(fake, backfill_requests, db_url, env) for _ in range(BACKFILL_RUNS)]
+            load.append(os.getloadavg()[0])
+            backfill = {
+                k: statistics.median(b[k] for b in backfills)
+                for k in ("s", "run_s", "cpu_s", "machine_busy", "stand_in_cpu_s")
+            } | {"rss_mb": max(b["rss_mb"] for b in backfills)}  # the highest peak
+            backfill_floor = {
+                k: statistics.median(f[k] for f in floors) for k in ("get_s", "copy_s")
+            } | {k: floors[0][k] for k in ("requests", "body_mb", "rows")}
+            backfill_floor_total = statistics.median(f["get_s"] + f["copy_s"] for f in floors)
             set_day(fake, DAILY_AS_OF)
             # The daily run, DAILY_RUNS times, each on a fresh copy of the store as the backfill
             # left it; the median is the figure.
@@ -305,9 +362,13 @@ def main(profile: bool = False) -> None:
                 finally:
                     drop_store(copy)
             # What Prefect costs a run that does nothing, measured as the daily run is.
-            empties = [run_child(["empty"], env)["s"] for _ in range(DAILY_RUNS)]
+            empty_runs = [run_child(["empty"], env) for _ in range(DAILY_RUNS)]
+            empties = [e["s"] for e in empty_runs]
             run_child(["flow", DAILY_AS_OF, ""], env)  # the store itself, for Tuesday's run
-            daily = {k: statistics.median(d[k] for d in dailies) for k in ("s", "cpu_s", "rss_mb")}
+            daily = {
+                k: statistics.median(d[k] for d in dailies)
+                for k in ("s", "run_s", "cpu_s", "rss_mb")
+            }
             # Tuesday: five symbols go ex-dividend, so Yahoo re-scales their whole adj_close.
             rebase_day = dt.date.fromisoformat(REBASE_AS_OF[:10])
             for symbol in REBASED:
@@ -334,20 +395,33 @@ def main(profile: bool = False) -> None:
         drop_store(db_url)
         shutil.rmtree(home, ignore_errors=True)
 
-    backfill_floor_s = backfill_floor["get_s"] + backfill_floor["copy_s"]
+    backfill_floor_s = backfill_floor_total
     daily_floor_s = daily_floor["get_s"] + daily_floor["copy_s"]
     figures = {
         "backfill_peak_rss_mb": round(backfill["rss_mb"], 1),
         "backfill_s": round(backfill["s"], 1),
+        "backfill_runs_s": [round(b["s"], 1) for b in backfills],
         "backfill_floor_s": round(backfill_floor_s, 1),
+        "backfill_floors_s": [round(f["get_s"] + f["copy_s"], 2) for f in floors],
         "backfill_floor": {k: round(v, 2) for k, v in backfill_floor.items()},
         "daily_s": round(daily["s"], 1),
         "daily_runs_s": [round(d["s"], 1) for d in dailies],
+        # The same runs' durations as Prefect records them (Running to Completed: the UI's)
+        "daily_run_s": round(daily["run_s"], 2),
+        "daily_run_durations_s": [round(d["run_s"], 2) for d in dailies],
+        "backfill_run_s": round(backfill["run_s"], 1),
+        "backfill_run_durations_s": [round(b["run_s"], 1) for b in backfills],
+        # Who kept the 2 cores busy during the backfill: its share of all cores' time, our
+        # process's CPU, the stand-in's (the rest: PostgreSQL and the Prefect server).
+        "backfill_machine_busy": round(backfill["machine_busy"], 2),
+        "backfill_cpu_s": round(backfill["cpu_s"], 1),
+        "backfill_stand_in_cpu_s": round(backfill["stand_in_cpu_s"], 1),
         "daily_floor_s": round(daily_floor_s, 2),
         "daily_floor": {k: round(v, 2) for k, v in daily_floor.items()},
         "daily_cpu_s": round(daily["cpu_s"], 1),
         "empty_flow_run_s": round(statistics.median(empties), 2),
         "empty_flow_runs_s": [round(e, 2) for e in empties],
+        "empty_flow_run_durations_s": [round(e["run_s"], 2) for e in empty_runs],
         "daily_peak_rss_mb": round(daily["rss_mb"], 1),
         "daily_requests": max(daily_requests),
         "daily_requests_per_symbol": round(max(daily_requests) / len(SYMBOLS), 2),
@@ -361,14 +435,18 @@ def main(profile: bool = False) -> None:
         # context for the figures above
         "symbols": len(SYMBOLS),
         "daily_chart_requests": max(daily_chart),
-        "backfill_failed": backfill["failed"],
+        "backfill_failed": max(b["failed"] for b in backfills),
         "rate_limit_per_s": RATE_PER_S,
         "naive_rows": naive["rows"],
         # Ours over the floor (1.0 = all this machine can do) and over the naive peer (< 1: ahead).
         "ratios": {
             "backfill_vs_floor": round(backfill["s"] / backfill_floor_s, 2),
+            "backfill_run_vs_floor": round(backfill["run_s"] / backfill_floor_s, 2),
             "backfill_vs_peer": round(backfill["s"] / naive["s"], 2),
             "daily_vs_floor": round(daily["s"] / daily_floor_s, 2),
+            # The run's duration as Prefect records it, over the same floor: the process's
+            # start and teardown (the heartbeat join) left out.
+            "daily_run_vs_floor": round(daily["run_s"] / daily_floor_s, 2),
             # The floor plus what Prefect costs any run (empty_flow_run_s): the least a daily
             # run needs as a Prefect flow run.
             "daily_vs_floor_and_empty_run": round(
