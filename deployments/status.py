@@ -78,11 +78,15 @@ def main() -> int:
 
         os.environ.update(stack_env())
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
     api = os.environ["PREFECT_API_URL"]
     now = clock.now()
     ok = True
-    with get_client(sync_client=True) as client:
+    # Prefect read its settings when stack_env's imports loaded it, before the URL was set:
+    # without it the client would start a server of its own on the stack's database and
+    # report that one as up (with the workers the database last saw as online).
+    with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         # It returns the error instead of raising it.
         healthy = client.api_healthcheck() is None
         print(f"Prefect server  {api}: {'up' if healthy else 'NOT ANSWERING'}")
