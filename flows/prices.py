@@ -216,17 +216,19 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
     how = fetch_options(plan.market, run, settings)
     fetch = lambda plans: fetch_chunk(plans, **how)  # noqa: E731 - a re-based symbol's re-fetch
     written = Written()
-    # The next chunk is fetched while this one is checked and written: one fetch in flight at
-    # a time (the same requests, at the same concurrency), none after a throttled one.
+    # The next chunk is fetched and checked while this one is written: one fetch in flight at
+    # a time (the same requests, at the same concurrency), none after a throttled one. The
+    # checks need nothing stored, so the fetch task runs them (a re-based symbol's rows are
+    # checked again when written); the writing thread, the backfill's critical path, writes.
     # What exists now (modules, Prefect's and pandas' own objects) lives for the whole run:
     # frozen, it is left out of the collections that hand each backfill chunk back below.
     gc.freeze()
     try:
-        pending = fetch_chunk.submit(chunks[0], **how)
+        pending = fetch_chunk.submit(chunks[0], **how, through=plan.through)
         for number, chunk in enumerate(chunks, 1):
             fetched = pending.result()
             if number < len(chunks) and not fetched.throttled:
-                pending = fetch_chunk.submit(chunks[number], **how)
+                pending = fetch_chunk.submit(chunks[number], **how, through=plan.through)
             if plan.held.intersection(p.symbol for p in chunk):
                 result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
             else:  # nothing of the chunk is stored yet (a first backfill): nothing to re-base

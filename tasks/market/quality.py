@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from tasks.market.calendars import Market, sessions_between
 from tasks.store.ledger import Issue
 
 # A daily move past this factor (either way) with no corporate action that day is worth a look.
@@ -18,6 +20,36 @@ JUMP_FACTOR = 1.8
 # adj_close / close only moves on an ex-dividend or split day; a move past this elsewhere means
 # an action the source did not report (or a broken adjustment).
 ADJ_RATIO_JUMP = 0.001
+
+
+@dataclass
+class Checked:
+    """A chunk's rows after the checks that need nothing stored: the rows to write, the issues
+    found, each symbol's first and last day among them, and what they were checked against."""
+
+    prices: pd.DataFrame
+    issues: list[Issue]
+    spans: pd.DataFrame | None
+    starts: dict[str, dt.date]
+    through: dt.date
+
+
+def check_chunk(
+    prices: pd.DataFrame,
+    actions: pd.DataFrame,
+    market: Market,
+    starts: dict[str, dt.date],
+    through: dt.date,
+) -> Checked:
+    """Every check a chunk's rows get before the store's own (calendar, then OHLC, volume and
+    jumps), and their date spans. Pure: the fetch task runs it on a chunk while the chunk
+    before it is written, so the writing thread, the backfill's critical path, does not."""
+    after = min(starts.values()) - dt.timedelta(days=1)
+    kept, issues = calendar_issues(
+        prices, set(sessions_between(market, after, through)), starts, through
+    )
+    clean, more = check_prices(kept, actions)
+    return Checked(clean, issues + more, date_spans(clean), dict(starts), through)
 
 
 def check_prices(
@@ -174,6 +206,27 @@ def day_array(column: pd.Series) -> np.ndarray:
         return column.to_numpy(dtype="datetime64[D]")
     codes, uniques = pd.factorize(column)
     return np.array(list(uniques), dtype="datetime64[D]")[codes]
+
+
+def date_spans(prices: pd.DataFrame) -> pd.DataFrame | None:
+    """Each symbol's first and last trade_date (as dates), indexed by symbol in order; None for
+    no rows. With numpy: pandas' groupby min and max of date objects took a backfill 0.3 s."""
+    if not len(prices):
+        return None
+    codes, names = pd.factorize(prices["symbol"])
+    days = day_array(prices["trade_date"]).view(np.int64)
+    low = np.full(len(names), np.iinfo(np.int64).max)
+    high = np.full(len(names), np.iinfo(np.int64).min)
+    np.minimum.at(low, codes, days)
+    np.maximum.at(high, codes, days)
+    spans = pd.DataFrame(
+        {
+            "min": low.view("datetime64[D]").astype(object),
+            "max": high.view("datetime64[D]").astype(object),
+        },
+        index=pd.Index(names, name="symbol"),
+    )
+    return spans.sort_index()
 
 
 def stale_symbols(

@@ -72,9 +72,7 @@ def start_progress(key: str, chunks: int) -> Progress | None:
     """A progress bar for a run of more than one chunk, else None."""
     if chunks <= 1:
         return None
-    artifact_id = create_progress_artifact(
-        0.0, key=f"{key}-progress", description="symbols done"
-    )
+    artifact_id = create_progress_artifact(0.0, key=f"{key}-progress", description="symbols done")
     return Progress(artifact_id, chunks, time.monotonic())
 
 

@@ -5,15 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.logs import run_id
-from tasks.market.calendars import Fetch, Market, sessions_between
-from tasks.market.quality import Issue, calendar_issues, check_prices, day_array
+from tasks.market.calendars import Fetch, Market
+from tasks.market.quality import Issue, check_chunk
 from tasks.market.rebase import find_rebases, first_dates, read_stored, replace_symbols
 from tasks.market.yahoo import ChunkResult
 from tasks.retries import connection_lost, describe_lost_connection, retry_when
@@ -127,12 +126,13 @@ def write_chunk(
     engine = engine_from_settings()
     frames = result.frames
     starts = {p.symbol: p.start for p in plans} | {s: r.start for s, r in rebased.items()}
-    sessions = set(sessions_between(market, min(starts.values()) - dt.timedelta(days=1), through))
-    kept, issues = calendar_issues(frames.prices, sessions, starts, through)
-    clean, more = check_prices(kept, frames.actions)
-    issues += more
+    checked = result.checked  # checked by the fetch task, unless a re-base replaced rows since
+    if checked is None or checked.starts != starts or checked.through != through:
+        checked = check_chunk(frames.prices, frames.actions, market, starts, through)
+    clean, issues, spans = checked.prices, checked.issues, checked.spans
+    del checked
     try:
-        written, spans, new_flags = _write(engine, frames, clean, issues, rebased)
+        written, new_flags = _write(engine, frames, clean, issues, spans, rebased)
     except Exception as exc:
         if not connection_lost(exc):
             raise
@@ -162,7 +162,7 @@ def write_chunk(
     return [reports[p.symbol] for p in plans], new_flags
 
 
-def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
+def _write(engine, frames, clean, issues, spans, rebased: dict[str, Rebase]):
     """The chunk's one transaction: prices, actions, instruments, flags, rebase records."""
     new_flags = []
     with engine.begin() as conn:
@@ -176,7 +176,6 @@ def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
         if rows_of:
             write_frame(conn, "instruments", pd.DataFrame(rows_of))
         new_flags += record_flags(conn, issues, "yahoo", run_id())
-        spans = date_spans(clean)
         for symbol in sorted(set(rebased) & landed):
             rebased[symbol].rows_changed = written.by_entity[symbol][1]
             first, last = spans.loc[symbol, "min"], spans.loc[symbol, "max"]
@@ -184,28 +183,7 @@ def _write(engine, frames, clean, issues, rebased: dict[str, Rebase]):
                 conn, symbol, rebased[symbol].reason, first, last,
                 rebased[symbol].rows_changed, run_id(),
             )  # fmt: skip
-    return written, spans, new_flags
-
-
-def date_spans(prices: pd.DataFrame) -> pd.DataFrame | None:
-    """Each symbol's first and last trade_date (as dates), indexed by symbol in order; None for
-    no rows. With numpy: pandas' groupby min and max of date objects took a backfill 0.3 s."""
-    if not len(prices):
-        return None
-    codes, names = pd.factorize(prices["symbol"])
-    days = day_array(prices["trade_date"]).view(np.int64)
-    low = np.full(len(names), np.iinfo(np.int64).max)
-    high = np.full(len(names), np.iinfo(np.int64).min)
-    np.minimum.at(low, codes, days)
-    np.maximum.at(high, codes, days)
-    spans = pd.DataFrame(
-        {
-            "min": low.view("datetime64[D]").astype(object),
-            "max": high.view("datetime64[D]").astype(object),
-        },
-        index=pd.Index(names, name="symbol"),
-    )
-    return spans.sort_index()
+    return written, new_flags
 
 
 def report(symbol, span, counts, refused, issues, rebase: Rebase | None) -> SymbolReport:

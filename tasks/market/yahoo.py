@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import datetime as dt
 import random
 import socket
 import time
@@ -24,6 +25,7 @@ from tasks.limits import polite, slot_blocks
 from tasks.market.calendars import Fetch, Market
 from tasks.market.chart import CHART_URL, chart_query, read_chart
 from tasks.market.frames import Frames, History, to_frames
+from tasks.market.quality import Checked, check_chunk
 from tasks.retries import retry_when
 
 YAHOO_DEFAULT_URL = "https://query2.finance.yahoo.com"
@@ -201,6 +203,7 @@ class ChunkResult:
     frames: Frames
     errors: dict[str, str]
     throttled: str | None = None
+    checked: Checked | None = None  # the rows' checks, when the fetch was told the last session
 
 
 @task(name="fetch-prices", cache_policy=NO_CACHE, persist_result=False)
@@ -213,8 +216,10 @@ def fetch_chunk(
     rate_limit: str = "yahoo",
     workers: int = 2,
     ca_bundle: str | None = None,
+    through: dt.date | None = None,
 ) -> ChunkResult:
-    """Fetch a chunk of symbols, one request each, in blocks of rate-limit slots."""
+    """Fetch a chunk of symbols, one request each, in blocks of rate-limit slots; with through
+    (the last session asked for), check the rows too (tasks/market/quality.py check_chunk)."""
     session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
     # The first attempt runs bare, its slot taken in a block below: a task run per symbol
@@ -270,4 +275,8 @@ def fetch_chunk(
     for history in histories:
         if history.symbol not in landed:
             errors[history.symbol] = "no data: empty result"
-    return ChunkResult(frames, errors, throttled)
+    checked = None
+    if through is not None:
+        starts = {p.symbol: p.start for p in plans}
+        checked = check_chunk(frames.prices, frames.actions, market, starts, through)
+    return ChunkResult(frames, errors, throttled, checked)
