@@ -57,19 +57,29 @@ def find_rebases(
         both = prices.merge(
             stored_prices, on=["symbol", "trade_date"], suffixes=("", "_stored"), how="inner"
         )
-        for symbol, rows in both.groupby("symbol", sort=False):
-            for column in ("close", "adj_close"):
-                if column not in rows:
-                    continue
-                new = pd.to_numeric(rows[column], errors="coerce").to_numpy(dtype=float)
-                old = pd.to_numeric(rows[f"{column}_stored"], errors="coerce").to_numpy(dtype=float)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    rel = np.abs(new - old) / np.abs(old)
-                differs = (rel > TOLERANCE) | (np.isnan(new) != np.isnan(old))
-                if differs.any():
-                    worst = np.nanmax(np.where(differs, rel, np.nan)) if differs.any() else 0
-                    reasons.setdefault(symbol, []).append(
-                        f"{column} differs on {int(differs.sum())} of {len(rows)} stored "
+        # The whole chunk at once, then only the symbols that differ one by one: a daily run's
+        # 500 symbols compared a group at a time cost more than reading them from the store.
+        codes, names = pd.factorize(both["symbol"])  # in order of appearance, as before
+        counts = np.bincount(codes, minlength=len(names))
+        found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for column in ("close", "adj_close"):
+            if column not in both:
+                continue
+            new = pd.to_numeric(both[column], errors="coerce").to_numpy(dtype=float)
+            old = pd.to_numeric(both[f"{column}_stored"], errors="coerce").to_numpy(dtype=float)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rel = np.abs(new - old) / np.abs(old)
+            found[column] = (rel, (rel > TOLERANCE) | (np.isnan(new) != np.isnan(old)))
+        hit = np.zeros(len(names), dtype=bool)
+        for _, differs in found.values():
+            hit[codes[differs]] = True
+        for i in np.flatnonzero(hit):
+            for column, (rel, differs) in found.items():
+                mine = differs & (codes == i)
+                if mine.any():
+                    worst = np.nanmax(np.where(mine, rel, np.nan))
+                    reasons.setdefault(names[i], []).append(
+                        f"{column} differs on {int(mine.sum())} of {counts[i]} stored "
                         f"sessions (up to {worst:.3%})"
                     )
     return {s: "; ".join(why) for s, why in reasons.items()}
