@@ -36,6 +36,7 @@ from tasks.market.writes import (
     instrument_symbols,
     record_issues,
     record_stale,
+    stored_for,
     write_chunk,
 )
 from tasks.market.yahoo import YahooThrottled, fetch_chunk
@@ -226,12 +227,17 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
     try:
         pending = fetch_chunk.submit(chunks[0], **how, through=plan.through)
         for number, chunk in enumerate(chunks, 1):
+            # What the chunk is compared with for re-bases, read while it is being fetched;
+            # nothing when none of it is stored yet (a first backfill): nothing to re-base.
+            held = plan.held.intersection(p.symbol for p in chunk)
+            stored = stored_for(engine, chunk) if held else None
             fetched = pending.result()
             if number < len(chunks) and not fetched.throttled:
                 pending = fetch_chunk.submit(chunks[number], **how, through=plan.through)
-            if plan.held.intersection(p.symbol for p in chunk):
-                result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch)
-            else:  # nothing of the chunk is stored yet (a first backfill): nothing to re-base
+            if stored is not None:
+                result, found = follow_rebases(engine, fetched, chunk, plan.through, fetch, stored)
+                del stored
+            else:
                 result, found = fetched, {}
             del fetched
             written.rebased |= found

@@ -72,16 +72,27 @@ def record_stale(engine, stale: dict[str, dt.date | None], through: dt.date) -> 
     return record_issues(engine, issues, "yahoo")
 
 
+def stored_for(engine, chunk: list[Fetch]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """What a chunk's fetched rows are compared with: its symbols' stored closes and actions
+    over the fetched range (read while the chunk is still being fetched)."""
+    return read_stored(engine, [p.symbol for p in chunk], min(p.start for p in chunk))
+
+
 def follow_rebases(
-    engine, result: ChunkResult, chunk: list[Fetch], through: dt.date, fetch
+    engine,
+    result: ChunkResult,
+    chunk: list[Fetch],
+    through: dt.date,
+    fetch,
+    stored: tuple[pd.DataFrame, pd.DataFrame],
 ) -> tuple[ChunkResult, dict[str, Rebase]]:
-    """Compare a fetched chunk with the store; re-fetch whole every symbol the source re-based.
+    """Compare a fetched chunk with the store (stored: stored_for's); re-fetch whole every
+    symbol the source re-based.
 
     A lookback of a few sessions cannot rewrite years of history in a new basis: the whole
     stored range is asked for again, in this run, and replaces the lookback rows.
     """
-    symbols = [p.symbol for p in chunk]
-    stored_prices, stored_actions = read_stored(engine, symbols, min(p.start for p in chunk))
+    stored_prices, stored_actions = stored
     reasons = find_rebases(
         result.frames.prices, result.frames.actions, stored_prices, stored_actions
     )
