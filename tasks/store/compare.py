@@ -65,8 +65,8 @@ def changed_prices(cursor, frame: pd.DataFrame, codes: np.ndarray, names: list[s
     None when this cannot tell (a column it does not compare): then the server compares all.
 
     codes: each row's entity (symbol) as an index into names, as tasks.store.upsert.Entities.
-    Each symbol's stored rows are compared as they arrive and let go: what is held beside the
-    frame is a few integers per row, not the stored rows.
+    The stored rows are compared as they arrive, up to _BATCH_RECORDS of them at once, and
+    let go: what is held beside the frame is a few integers per row and one batch.
     """
     values = [c for c in columns if c not in ("symbol", "trade_date")]
     if any(c not in FLOATS and c not in TEXTS for c in values):
@@ -87,15 +87,23 @@ def changed_prices(cursor, frame: pd.DataFrame, codes: np.ndarray, names: list[s
     ours = {c: _numbers(frame[c], integer=c == "volume") for c in values if c in FLOATS}
     ours |= {c: _text_ids(frame[c]) for c in values if c in TEXTS}
     changed = np.ones(len(frame), dtype=bool)  # new, until found stored
+    batch: list[tuple[int, np.ndarray, dict]] = []  # symbols read and not compared yet
+    held = [0]  # their records
 
-    def compare(at: int, records: np.ndarray, texts: dict) -> None:
-        rows = order[bounds[at] : bounds[at + 1]]
-        mine = days[rows]
-        if len(records) > 1 and (np.diff(records["date"]) <= 0).any():  # the server's order
-            records = np.sort(records, order="date")
-        hit = np.minimum(np.searchsorted(records["date"], mine), len(records) - 1)
-        found = records["date"][hit] == mine
-        rows, hit = rows[found], hit[found]
+    def compare() -> None:
+        """Compare the batch's symbols at once: a daily batch has 500 symbols of a few rows
+        each, and numpy's dozen calls per symbol cost more than the rows themselves."""
+        places = np.array([place for place, _, _ in batch], dtype=np.int64)
+        lengths = [len(records) for _, records, _ in batch]
+        records = np.concatenate([records for _, records, _ in batch])
+        theirs = _keys(np.repeat(places, lengths), records["date"])
+        by_key = np.argsort(theirs, kind="stable")
+        theirs = theirs[by_key]
+        rows = np.concatenate([order[bounds[p] : bounds[p + 1]] for p in places])
+        mine = _keys(asked[rows], days[rows])
+        hit = np.minimum(np.searchsorted(theirs, mine), len(theirs) - 1)
+        found = theirs[hit] == mine
+        rows, hit = rows[found], by_key[hit[found]]
         differs = np.zeros(len(rows), dtype=bool)
         for column in values:
             if column in FLOATS:
@@ -103,14 +111,36 @@ def changed_prices(cursor, frame: pd.DataFrame, codes: np.ndarray, names: list[s
                 differs |= (a != b) & ~(np.isnan(a) & np.isnan(b))
             else:
                 ids, known = ours[column]
-                stored = texts[column]
                 # A mixture of stored values: the server decides, row by row.
-                want = -2 if stored is _MIXED_VALUE else known.get(stored, -3)
-                differs |= ids[rows] != want
+                want = [
+                    -2 if texts[column] is _MIXED_VALUE else known.get(texts[column], -3)
+                    for _, _, texts in batch
+                ]
+                differs |= ids[rows] != np.repeat(np.array(want, dtype=np.int64), lengths)[hit]
         changed[rows] = differs
+        batch.clear()
+        held[0] = 0
 
-    _read_stored(cursor, params, compare)
+    def take(at: int, records: np.ndarray, texts: dict) -> None:
+        batch.append((at, records.copy(), texts))  # a copy: the COPY buffer moves on
+        held[0] += len(records)
+        if held[0] >= _BATCH_RECORDS:
+            compare()
+
+    _read_stored(cursor, params, take)
+    if batch:
+        compare()
     return changed
+
+
+# Stored records compared at once: enough to make numpy's per-call cost vanish, few enough
+# (about 3.5 MB) that a 500k-row batch's stored rows are never all held beside it.
+_BATCH_RECORDS = 1 << 16
+
+
+def _keys(places: np.ndarray, days: np.ndarray) -> np.ndarray:
+    """(symbol's place, day) as one sortable int64."""
+    return (places.astype(np.int64) << 32) | (days.astype(np.int64) + 2**31)
 
 
 def _numbers(series: pd.Series, *, integer: bool) -> np.ndarray:
