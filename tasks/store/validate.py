@@ -73,36 +73,51 @@ def _reasons_for_prices(frame: pd.DataFrame, reasons: Reasons) -> None:
     bad_symbols = [s for s in symbols.unique() if not SYMBOL_RE.match(str(s))]
     if bad_symbols:
         reasons.mark(symbols.isin(bad_symbols), "symbol outside [A-Z0-9.^=-]{1,20}")
-    prices = frame[[c for c in PRICE_COLUMNS if c in frame.columns]].apply(
-        pd.to_numeric, errors="coerce"
-    )
-    reasons.mark(prices.isna().any(axis=1), "missing (NaN) price")
-    reasons.mark((prices < 0).any(axis=1), "negative price")
-    if "adj_close" in frame.columns:
-        reasons.mark(pd.to_numeric(frame["adj_close"], errors="coerce") < 0, "negative price")
-    if {"high", "low"} <= set(prices.columns):
-        reasons.mark(prices["high"] < prices["low"], "high < low")
-    if "volume" in frame.columns:
-        reasons.mark(pd.to_numeric(frame["volume"], errors="coerce") < 0, "negative volume")
+    # As numpy columns: DataFrame.apply and its frames of booleans cost a daily write more
+    # than its 2,500 rows.
+    prices = {c: _floats(frame[c]) for c in PRICE_COLUMNS if c in frame.columns}
+    if prices:
+        values = np.vstack(list(prices.values()))
+        reasons.mark(np.isnan(values).any(axis=0), "missing (NaN) price")
+        with np.errstate(invalid="ignore"):
+            reasons.mark((values < 0).any(axis=0), "negative price")
+    with np.errstate(invalid="ignore"):
+        if "adj_close" in frame.columns:
+            reasons.mark(_floats(frame["adj_close"]) < 0, "negative price")
+        if "high" in prices and "low" in prices:
+            reasons.mark(prices["high"] < prices["low"], "high < low")
+        if "volume" in frame.columns:
+            reasons.mark(_floats(frame["volume"]) < 0, "negative volume")
+
+
+def _floats(column: pd.Series) -> np.ndarray:
+    """A column as float64, what is not a number as NaN (pandas.to_numeric's coerce)."""
+    if column.dtype == np.float64:
+        return column.to_numpy()
+    return pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 TABLE_CHECKS = {"daily_prices": _reasons_for_prices}
 
 
-def _duplicated(frame: pd.DataFrame, key: tuple[str, ...]) -> pd.Series:
-    """Rows whose key occurs more than once in frame, every copy marked.
+def _keys(frame: pd.DataFrame, key: tuple[str, ...]) -> tuple[np.ndarray, pd.Series]:
+    """Rows missing a key value, and rows whose key occurs more than once (every copy).
 
-    Each key column factorized to integer codes and combined into one int64: hashing tuples of
-    Python objects (DataFrame.duplicated) cost a quarter of a 500k-row write.
+    Each key column factorized once to integer codes (-1 for a missing value) and combined
+    into one int64: hashing tuples of Python objects (DataFrame.duplicated) cost a quarter of
+    a 500k-row write, and asking pandas which values are missing cost as much again.
     """
     combined, radix = np.zeros(len(frame), dtype=np.int64), 1
+    missing = np.zeros(len(frame), dtype=bool)
     for column in key:
-        codes, distinct = pd.factorize(frame[column], use_na_sentinel=False)
-        if radix * max(len(distinct), 1) > 1 << 62:  # would overflow: the general way
-            return frame.duplicated(list(key), keep=False)
-        combined += codes.astype(np.int64) * radix
-        radix *= max(len(distinct), 1)
-    return pd.Series(pd.Series(combined).duplicated(keep=False).to_numpy(), index=frame.index)
+        codes, distinct = pd.factorize(frame[column])
+        missing |= codes < 0
+        if radix * (len(distinct) + 1) > 1 << 62:  # would overflow: the general way
+            return missing, frame.duplicated(list(key), keep=False)
+        combined += (codes.astype(np.int64) + 1) * radix
+        radix *= len(distinct) + 1
+    dup = pd.Series(combined).duplicated(keep=False).to_numpy()
+    return missing, pd.Series(dup, index=frame.index)
 
 
 def split_rejects(
@@ -114,9 +129,10 @@ def split_rejects(
     reasons = Reasons(len(frame))
     if check := TABLE_CHECKS.get(table_name):
         check(frame, reasons)
-    reasons.mark(frame[list(key)].isna().any(axis=1), "missing key value")
+    missing, duplicated = _keys(frame, key)
+    reasons.mark(missing, "missing key value")
     # Every copy of a key is refused: the batch does not say which one is right.
-    reasons.mark(_duplicated(frame, key), "duplicate key within the batch")
+    reasons.mark(duplicated, "duplicate key within the batch")
     bad = reasons.bad()
     if not bad.any():
         return frame, []  # no copy of a clean batch
