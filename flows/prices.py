@@ -241,7 +241,9 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
                 result, found = fetched, {}
             del fetched
             written.rebased |= found
-            reports, new_flags = write_chunk(result, chunk, plan.market, plan.through, found)
+            reports, new_flags = write_chunk(
+                result, chunk, plan.market, plan.through, found, engine
+            )
             written.reports += reports
             written.flags += new_flags
             written.throttled = result.throttled

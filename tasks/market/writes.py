@@ -126,15 +126,17 @@ def write_chunk(
     market: Market,
     through: dt.date,
     rebased: dict[str, Rebase],
+    engine=None,
 ) -> tuple[list[SymbolReport], list[Issue]]:
     """Check and write a chunk: its symbols' prices, actions, instruments and flags together.
 
     One transaction per chunk: a crash leaves every symbol of it either whole or absent, and
     a daily run costs a few statements per chunk, not per symbol. Bad rows are set aside
     (rejected_rows), so one bad symbol blocks no other. Returns the symbols' reports and the
-    flags new to the store.
+    flags new to the store. engine: the run's market store (where the settings say when not
+    given: read once per run, not per chunk, since it may be a block loaded from the API).
     """
-    engine = engine_from_settings()
+    engine = engine or engine_from_settings()
     frames = result.frames
     starts = {p.symbol: p.start for p in plans} | {s: r.start for s, r in rebased.items()}
     checked = result.checked  # checked by the fetch task, unless a re-base replaced rows since
