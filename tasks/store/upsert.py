@@ -147,7 +147,9 @@ def _upsert_postgres(conn: Connection, spec, columns: list[str], frame: pd.DataF
         # (Each entity's mark looked up once and spread by its codes: mapping every row to a
         # Python date and parsing those back cost a third of a 500k-row write.)
         newest = np.array([marks.get(n) for n in own.names], dtype="datetime64[D]")[own.codes]
-        direct = np.isnat(newest) | (as_days(frame[order]) > newest)
+        direct = np.isnat(newest)
+        if not direct.all():  # a batch of new entities (a backfill) needs none of its dates
+            direct |= as_days(frame[order]) > newest
     entity_of = spec.key[0]
     counts: dict[str, list[int]] = {}
     if direct.any():
