@@ -133,9 +133,10 @@ def changed_prices(cursor, frame: pd.DataFrame, codes: np.ndarray, names: list[s
     return changed
 
 
-# Stored records compared at once: enough to make numpy's per-call cost vanish, few enough
-# (about 3.5 MB) that a 500k-row batch's stored rows are never all held beside it.
-_BATCH_RECORDS = 1 << 16
+# Stored records compared at once: enough to make numpy's per-call cost vanish (a daily
+# batch's are one batch), few enough (under half a MB) to leave the write's peak memory as it
+# was when each symbol was compared alone.
+_BATCH_RECORDS = 1 << 13
 
 
 def _keys(places: np.ndarray, days: np.ndarray) -> np.ndarray:
