@@ -57,8 +57,8 @@ def read_chart(symbol: str, payload, query: dict, tz: str) -> History:
     result = chart_result(symbol, payload, query, tz)
     meta = result.get("meta") or {}
     exchange_tz = meta["exchangeTimezoneName"]
-    frame = daily_frame(result, query["period2"], exchange_tz)
-    return History(symbol, frame, meta.get("currency"), exchange_tz or tz)
+    days, columns = daily_bars(result, query["period2"], exchange_tz)
+    return History(symbol, days, columns, meta.get("currency"), exchange_tz or tz)
 
 
 def chart_result(symbol: str, payload, query: dict, tz: str) -> dict:
@@ -82,9 +82,10 @@ def asked(query: dict, tz: str) -> str:
     return f" (1d {days[0]} -> {days[1]})"
 
 
-def daily_frame(result: dict, period2: int, tz: str) -> pd.DataFrame:
-    """history()'s frame: a row per exchange-local trade date (00:00, naive), yfinance's
-    price columns, Volume as int64, Dividends and Stock Splits merged onto their rows."""
+def daily_bars(result: dict, period2: int, tz: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """history()'s frame as arrays: a row per exchange-local trade date (00:00, naive), and
+    yfinance's price columns, Volume as int64, Dividends and Stock Splits merged onto their
+    rows."""
     quote = result["indicators"]["quote"][0]
     stamps = np.asarray(result["timestamp"], dtype=np.int64)
     columns = {
@@ -104,9 +105,9 @@ def daily_frame(result: dict, period2: int, tz: str) -> pd.DataFrame:
     days, columns = merge_events(days, columns, result.get("events") or {}, period2, tz)
     columns["Volume"] = np.nan_to_num(columns["Volume"], nan=0.0).astype(np.int64)
     empty = empty_rows(columns)
-    if empty.any():  # dropped from the arrays: a frame's boolean indexing copies it whole
+    if empty.any():
         days, columns = days[~empty], {k: v[~empty] for k, v in columns.items()}
-    return pd.DataFrame(columns, index=pd.DatetimeIndex(days, name="Date"), copy=False)
+    return days, columns
 
 
 def floats(values) -> np.ndarray:
@@ -116,16 +117,27 @@ def floats(values) -> np.ndarray:
 
 def local_days(stamps: np.ndarray, tz: str, dst_fix: bool = False) -> np.ndarray:
     """Each epoch second's date in tz, as datetime64[ns] at 00:00. With dst_fix, a bar stamped
-    22:00 or 23:00 sharp counts for the next day, as history() takes it (Yahoo's DST slip)."""
+    22:00 or 23:00 sharp counts for the next day, as history() takes it (Yahoo's DST slip).
+    The array may be shared (read-only): index it, never write to it."""
     if not len(stamps):
         return np.empty(0, "datetime64[ns]")
-    local = pd.DatetimeIndex(stamps * 10**9, tz="UTC").tz_convert(tz).tz_localize(None)
+    return _local_days(np.ascontiguousarray(stamps, dtype=np.int64).tobytes(), tz, dst_fix)
+
+
+@lru_cache(maxsize=64)
+def _local_days(stamps: bytes, tz: str, dst_fix: bool) -> np.ndarray:
+    # A run's symbols trade the same sessions, so their charts carry the same stamps: the
+    # zone conversion (most of reading a five-bar chart) once per set of stamps, not per symbol.
+    seconds = np.frombuffer(stamps, dtype=np.int64)
+    local = pd.DatetimeIndex(seconds * 10**9, tz="UTC").tz_convert(tz).tz_localize(None)
     ns = local.asi8
     if dst_fix:
         of_day = ns % DAY_NS
         slipped = (of_day % HOUR_NS == 0) & (of_day // HOUR_NS >= 22)
         ns = ns + np.where(slipped, DAY_NS - of_day, 0)
-    return (ns - ns % DAY_NS).astype("datetime64[ns]")
+    days = (ns - ns % DAY_NS).astype("datetime64[ns]")
+    days.flags.writeable = False
+    return days
 
 
 def one_row_a_day(days: np.ndarray) -> np.ndarray:

@@ -59,7 +59,9 @@ def both(fake, symbol: str, answer: dict, tz: str = NY):
         start=START, end=END, interval="1d", auto_adjust=False, actions=True, repair=False
     )
     meta = ticker.history_metadata
-    reference = History(symbol, frame, meta.get("currency"), meta.get("exchangeTimezoneName"))
+    reference = History.from_frame(
+        symbol, frame, meta.get("currency"), meta.get("exchangeTimezoneName")
+    )
     market, currency = ("US", "USD") if tz == NY else ("KR", "KRW")
     return to_frames([ours], market, currency), to_frames([reference], market, currency)
 

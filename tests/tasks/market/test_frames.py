@@ -26,7 +26,7 @@ def test_to_frames_from_a_small_table():
         },
         index=index,
     )
-    frames = to_frames([History("KO", frame, "USD", NY)], "US", "USD")
+    frames = to_frames([History.from_frame("KO", frame, "USD", NY)], "US", "USD")
     assert frames.prices.to_dict("records")[1] == {
         "trade_date": dt.date(2024, 6, 7),
         "symbol": "KO",
@@ -57,9 +57,9 @@ def test_to_frames_converts_a_chunk_at_once_and_leaves_out_unpriced_symbols():
     split = pd.DataFrame({"Close": [5.0], "Volume": [7], "Stock Splits": [2.0]}, index=index[:1])
     frames = to_frames(
         [
-            History("KO", priced, None, NY),
-            History("GONE", unpriced, "USD", NY),
-            History("SPLT", split, "USD", NY),
+            History.from_frame("KO", priced, None, NY),
+            History.from_frame("GONE", unpriced, "USD", NY),
+            History.from_frame("SPLT", split, "USD", NY),
         ],
         "US",
         "USD",
