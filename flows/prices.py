@@ -212,7 +212,7 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
         plan.through,
         sum(p.backfill for p in plan.fetches),
     )
-    ensure_rate_limit(run.rate_limit)  # a child of market-prices has a limit of its own
+    slots = ensure_rate_limit(run.rate_limit)  # a child of market-prices has one of its own
     chunks = chunk_plans(plan.fetches, run.chunk_size)
     progress = start_progress(plan.key, len(chunks))
     how = fetch_options(plan.market, run, settings)
@@ -229,7 +229,8 @@ def fetch_and_write(engine, plan: Plan, run: PriceRun, settings: Settings) -> Wr
     # frozen, it is left out of the collections that hand each backfill chunk back below.
     gc.freeze()
     try:
-        pending = fetch_chunk.submit(quote(chunks[0]), **how, through=plan.through)
+        # The first chunk takes the limit's size just read; the others read it again.
+        pending = fetch_chunk.submit(quote(chunks[0]), **how, through=plan.through, slots=slots)
         for number, chunk in enumerate(chunks, 1):
             # What the chunk is compared with for re-bases, read while it is being fetched;
             # nothing when none of it is stored yet (a first backfill): nothing to re-base.

@@ -27,15 +27,16 @@ def ensure_rate_limits(*, overwrite: bool = False) -> None:
             _apply(client, name, slots, decay, overwrite)
 
 
-def ensure_rate_limit(name: str) -> None:
-    """Create the named limit if it does not exist yet, at its rate in RATE_LIMITS.
+def ensure_rate_limit(name: str) -> int:
+    """Create the named limit if it does not exist yet, at its rate in RATE_LIMITS; return its
+    size (slots), as the server holds it now.
 
     A name the code does not list is a price run's own Yahoo budget (market-prices gives each
     child one: yahoo-1, yahoo-2, ...): it starts at Yahoo's rate.
     """
     slots, decay = RATE_LIMITS.get(name, RATE_LIMITS["yahoo"])
     with get_client(sync_client=True) as client:
-        _apply(client, name, slots, decay, overwrite=False)
+        return _apply(client, name, slots, decay, overwrite=False)
 
 
 def set_limit(name: str, slots: int, per_second: float = 0.0) -> None:
@@ -45,16 +46,17 @@ def set_limit(name: str, slots: int, per_second: float = 0.0) -> None:
         _apply(client, name, slots, per_second, overwrite=True)
 
 
-def _apply(client, name: str, slots: int, decay: float, overwrite: bool) -> None:
+def _apply(client, name: str, slots: int, decay: float, overwrite: bool) -> int:
+    """The limit's size after making sure it exists (overwrite: at slots and decay)."""
     from prefect.exceptions import ObjectNotFound
 
     if not overwrite:
         try:
-            client.read_global_concurrency_limit_by_name(name)
-            return
+            return client.read_global_concurrency_limit_by_name(name).limit
         except ObjectNotFound:
             pass
     client.upsert_global_concurrency_limit_by_name(name, limit=slots, slot_decay_per_second=decay)
+    return slots
 
 
 def polite(name: str, timeout_s: float | None = 600, occupy: int = 1) -> None:
@@ -80,9 +82,13 @@ def polite(name: str, timeout_s: float | None = 600, occupy: int = 1) -> None:
             time.sleep(2**attempt)
 
 
-def slot_blocks(name: str, count: int) -> list[int]:
+def slot_blocks(name: str, count: int, size: int | None = None) -> list[int]:
     """count requests as blocks of slots to take at once: as many as the limit holds, so a
-    run asks the server once per block rather than once per request."""
-    with get_client(sync_client=True) as client:
-        size = max(1, client.read_global_concurrency_limit_by_name(name).limit)
+    run asks the server once per block rather than once per request. size: the limit's size
+    where the caller has just read it (ensure_rate_limit's answer); else it is read now, so
+    an operator's change in the UI holds from the next chunk on."""
+    if size is None:
+        with get_client(sync_client=True) as client:
+            size = client.read_global_concurrency_limit_by_name(name).limit
+    size = max(1, size)
     return [min(size, count - start) for start in range(0, count, size)]

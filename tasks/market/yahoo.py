@@ -229,9 +229,11 @@ def fetch_chunk(
     workers: int = 2,
     ca_bundle: str | None = None,
     through: dt.date | None = None,
+    slots: int | None = None,
 ) -> ChunkResult:
     """Fetch a chunk of symbols, one request each, in blocks of rate-limit slots; with through
-    (the last session asked for), check the rows too (tasks/market/quality.py check_chunk)."""
+    (the last session asked for), check the rows too (tasks/market/quality.py check_chunk).
+    slots: the rate limit's size where the run has just read it (else it is read here)."""
     session = yahoo_session(base_url, ca_bundle)
     reset_yfinance(session)
     # The first attempt runs bare, its slot taken in a block below: a task run per symbol
@@ -260,7 +262,7 @@ def fetch_chunk(
     # decides the pace. Results are taken in order, so a throttled symbol stops the rest.
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="yahoo") as pool:
         futures = []
-        for block in slot_blocks(rate_limit, len(plans)):
+        for block in slot_blocks(rate_limit, len(plans), slots):
             if any(f.done() and isinstance(f.exception(), YahooThrottled) for _, f in futures):
                 break  # Yahoo is throttling us: ask for nothing more
             polite(rate_limit, occupy=block)
