@@ -196,7 +196,26 @@ def up() -> None:
     procs.LOGS.mkdir(parents=True, exist_ok=True)
     check_api_url()
     env = stack_env()
-    os.environ.update(env)  # this process's own Prefect client talks to the local server
+    os.environ.update(env)  # what the steps' subprocesses (the prefect CLI, workers) inherit
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    # This process's own client (blocks, limits, pools, automations, the readiness wait) must
+    # talk to the stack's server too. Prefect read its settings when stack_env's imports loaded
+    # it, before the URL above was set: without this the client went to the server the user's
+    # Prefect profile names, or, with none, started a server of its own on the stack's database.
+    with temporary_settings({PREFECT_API_URL: env["PREFECT_API_URL"]}):
+        bootstrap(env)
+    ui = env["PREFECT_UI_URL"]
+    print(f"""
+investflow is up.
+  UI:       {ui}
+  API:      {env["PREFECT_API_URL"]}   (export PREFECT_API_URL={env["PREFECT_API_URL"]})
+  Run one:  .venv/bin/prefect deployment run 'us-prices/us-prices' --param 'symbols=["AAPL"]'
+  Status:   make status        Stop all: make down        Logs: .prefect/logs/""")
+
+
+def bootstrap(env: dict[str, str]) -> None:
+    """make up's steps in order, a line each; a failed one stops the server it had started."""
     server_was_running = procs.recorded_pid("server") is not None
     log = open(procs.LOGS / "up.log", "a")
     log.write(f"\n===== make up {clock.shown(clock.now())} =====\n")
@@ -217,13 +236,6 @@ def up() -> None:
         sys.exit(1)
     finally:
         log.close()
-    ui = env["PREFECT_UI_URL"]
-    print(f"""
-investflow is up.
-  UI:       {ui}
-  API:      {env["PREFECT_API_URL"]}   (export PREFECT_API_URL={env["PREFECT_API_URL"]})
-  Run one:  .venv/bin/prefect deployment run 'us-prices/us-prices' --param 'symbols=["AAPL"]'
-  Status:   make status        Stop all: make down        Logs: .prefect/logs/""")
 
 
 def run_step(title: str, log, fn, *args):

@@ -3,6 +3,7 @@
 `make up` (deployments.local_stack up) in a clone of HEAD sharing this checkout's .venv, then
 at once `prefect deployment run`, as the README tells a newcomer to do: the run is created and
 started within a bound, and the server logs no `database is locked` after make up returned.
+The newcomer's Prefect profile names another server: make up sets up its own all the same.
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def clone(tmp_path):
     (clone / ".venv").symlink_to(Path(sys.prefix))
     port = stack.free_port()
     env = local_env(port)
+    # The user's own Prefect profile names another server (here a closed loopback port): make
+    # up's own client (blocks, limits, pools, automations) must still talk to the stack's.
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        'active = "elsewhere"\n\n[profiles.elsewhere]\nPREFECT_API_URL = "http://127.0.0.1:9/api"\n'
+    )
+    env["PREFECT_PROFILES_PATH"] = str(profiles)
     python = str(clone / ".venv/bin/python")
     try:
         yield {"dir": clone, "env": env, "python": python, "port": port}
