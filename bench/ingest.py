@@ -197,25 +197,47 @@ def child_empty() -> None:
     print(json.dumps({"s": elapsed, "run_s": run_seconds(state), "cpu_s": cpu}))
 
 
-def child_floor(requests_file: str, db_url: str, base_url: str, ca_file: str) -> None:
-    """The least a job needs: its GETs at its concurrency, bodies read, then COPY of its rows."""
+def child_floor(
+    requests_file: str, db_url: str, base_url: str, ca_file: str, client: str = "curl"
+) -> None:
+    """The least a job needs: its GETs at its concurrency, bodies read, then COPY of its rows.
+
+    client "yfinance": the same GETs through yfinance's own request path instead (`YfData.get`
+    on the session the job uses: its cookie and crumb handling, logging and 429 checks), the
+    crumb fetched before the clock starts; what no job that asks Yahoo through yfinance can
+    go below, however little it does with the answers."""
     from concurrent.futures import ThreadPoolExecutor
 
     import psycopg
     from curl_cffi import CurlOpt
     from curl_cffi import requests as curl_requests
 
-    from tasks.market.yahoo import resolve_entries
+    from tasks.market.yahoo import reset_yfinance, resolve_entries, yahoo_session
 
     urls = json.loads(Path(requests_file).read_text())
-    session = curl_requests.Session(
-        impersonate="chrome",
-        curl_options={CurlOpt.RESOLVE: resolve_entries(base_url)},
-        verify=ca_file,
-    )
+    if client == "yfinance":
+        from yfinance.data import YfData
+
+        session = yahoo_session(base_url, ca_file)
+        reset_yfinance(session)
+        YfData(session=session)._get_cookie_and_crumb()  # once per process, before the clock
+
+        def get(url: str) -> int:
+            return len(YfData(session=session).get(url, timeout=60).content)
+
+    else:
+        session = curl_requests.Session(
+            impersonate="chrome",
+            curl_options={CurlOpt.RESOLVE: resolve_entries(base_url)},
+            verify=ca_file,
+        )
+
+        def get(url: str) -> int:
+            return len(session.get(url, timeout=60).content)
+
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=FETCH_WORKERS) as pool:
-        sizes = list(pool.map(lambda url: len(session.get(url, timeout=60).content), urls))
+        sizes = list(pool.map(get, urls))
     get_s = time.perf_counter() - began
     with psycopg.connect(db_url, autocommit=True) as conn:
         buffer = bytearray()
@@ -250,14 +272,14 @@ def request_urls(requests) -> list[str]:
     ]
 
 
-def floor(fake, requests, db_url: str, env: dict) -> dict:
+def floor(fake, requests, db_url: str, env: dict, client: str = "curl") -> dict:
     """child_floor in its own process, over the given requests and the rows stored at db_url."""
     import tempfile
 
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(request_urls(requests), f)
         f.flush()
-        return run_child(["floor", f.name, db_url, fake.url, str(fake.ca_file)], env)
+        return run_child(["floor", f.name, db_url, fake.url, str(fake.ca_file), client], env)
 
 
 def machine_cpu() -> tuple[int, int]:
@@ -359,9 +381,14 @@ def main(profile: bool = False) -> None:
                         fetched = fetched_rows_store(copy, DAILY_AS_OF[:10])
                         made = fake.requests[before:]
                         try:
-                            daily_floors = [
-                                floor(fake, made, fetched, env) for _ in range(DAILY_RUNS)
-                            ]
+                            # Beside each floor, the same GETs through yfinance's own
+                            # request path: the least any yfinance-based run needs.
+                            daily_floors, yfinance_floors = [], []
+                            for _ in range(DAILY_RUNS):
+                                daily_floors.append(floor(fake, made, fetched, env))
+                                yfinance_floors.append(
+                                    floor(fake, made, fetched, env, client="yfinance")
+                                )
                         finally:
                             drop_store(fetched)
                 finally:
@@ -405,6 +432,7 @@ def main(profile: bool = False) -> None:
     daily_floor = {
         k: statistics.median(f[k] for f in daily_floors) for k in ("get_s", "copy_s")
     } | {k: daily_floors[0][k] for k in ("requests", "body_mb", "rows")}
+    yfinance_get_s = statistics.median(f["get_s"] for f in yfinance_floors)
     figures = {
         "backfill_peak_rss_mb": round(backfill["rss_mb"], 1),
         "backfill_s": round(backfill["s"], 1),
@@ -427,6 +455,10 @@ def main(profile: bool = False) -> None:
         "daily_floor_s": round(daily_floor_s, 2),
         "daily_floor": {k: round(v, 2) for k, v in daily_floor.items()},
         "daily_floors_s": [round(f["get_s"] + f["copy_s"], 2) for f in daily_floors],
+        # The same GETs through yfinance's own request path (YfData.get), bodies read,
+        # nothing parsed: what the client the job must use costs before any of our work.
+        "daily_yfinance_get_s": round(yfinance_get_s, 2),
+        "daily_yfinance_gets_s": [round(f["get_s"], 2) for f in yfinance_floors],
         "daily_cpu_s": round(daily["cpu_s"], 1),
         "empty_flow_run_s": round(statistics.median(empties), 2),
         "empty_flow_runs_s": [round(e, 2) for e in empties],
@@ -456,6 +488,12 @@ def main(profile: bool = False) -> None:
             # The run's duration as Prefect records it, over the same floor: the process's
             # start and teardown (the heartbeat join) left out.
             "daily_run_vs_floor": round(daily["run_s"] / daily_floor_s, 2),
+            # yfinance's request path over the bare GETs, and the run over that path plus
+            # the floor's COPY: how much of the run's distance from its floor is the client's.
+            "daily_yfinance_get_vs_floor_get": round(yfinance_get_s / daily_floor["get_s"], 2),
+            "daily_run_vs_yfinance_floor": round(
+                daily["run_s"] / (yfinance_get_s + daily_floor["copy_s"]), 2
+            ),
             # The floor plus what Prefect costs any run (empty_flow_run_s): the least a daily
             # run needs as a Prefect flow run.
             "daily_vs_floor_and_empty_run": round(
@@ -479,7 +517,7 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] in ("flow", "profile"):
         child_flow(sys.argv[2], sys.argv[3] or None, profile=sys.argv[1] == "profile")
     elif len(sys.argv) > 1 and sys.argv[1] == "floor":
-        child_floor(*sys.argv[2:6])
+        child_floor(*sys.argv[2:7])
     elif len(sys.argv) > 1 and sys.argv[1] == "empty":
         child_empty()
     elif len(sys.argv) > 1 and sys.argv[1] == "naive":
