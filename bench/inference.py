@@ -8,7 +8,8 @@ model called once per symbol (no per-call setup), checked to give the batched pr
 The windows come from prices written to a scratch PostgreSQL database
 (INVESTFLOW_TEST_DATABASE_URL, default local postgres) and read back with the flow's loader;
 then the real predict-returns flow runs end to end on one thread (the Fargate task's vCPU)
-under a temporary Prefect server: load, window, predict, upsert 5,000 predictions.
+under a Prefect server of its own, as make up runs it: load, window, predict, upsert 5,000
+predictions.
 peak_rss_mb is this process's peak over all of it. With a GPU, the batched/loop comparison
 runs there too and is reported under "gpu".
 """
@@ -16,6 +17,7 @@ runs there too and is reported under "gpu".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -105,13 +107,26 @@ def compare(net, x, scale: float, device: torch.device, batch_size: int, repeats
 
 def flow_end_to_end(url: str, net, normaliser, batch_size: int, repeats: int) -> dict:
     """predict-returns (the flow itself) on one thread: medians of repeats, predictions emptied
-    before each run so every run writes all of them, as a new session's run does."""
-    from prefect.testing.utilities import prefect_test_harness
+    before each run so every run writes all of them, as a new session's run does; against a
+    Prefect server as make up runs it (bench/scratch.py prefect_server), not
+    prefect_test_harness's plain SQLite one, whose writes wait for a lock no deployed run
+    waits for."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    from bench.scratch import prefect_server
     from flows.models import predict_returns
 
     engine = get_engine(url)
-    with tempfile.TemporaryDirectory() as models, prefect_test_harness(server_startup_timeout=120):
+    with contextlib.ExitStack() as stack:
+        home = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        server = prefect_server("sqlite", home / "server")
+        server.start()
+        stack.callback(server.stop)
+        # Prefect read its settings when this module's imports loaded it: the flow's client is
+        # pointed at the bench's server for the block, as make up's own steps are.
+        stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
+        models = str(home / "models")
+        Path(models).mkdir()
         os.environ.update(INVESTFLOW_DATABASE_URL=url, INVESTFLOW_MODEL_DIR=models)
         day = pd.Timestamp("2024-01-02").date()
         blob = checkpoint.checkpoint_bytes(
