@@ -61,11 +61,15 @@ def main() -> None:
         PREFECT_SERVER_UI_ENABLED="false",
     )
     # Imported after the environment points Prefect at this bench's own server.
+    from deployments.local_stack import SERVER_SETTINGS
     from tests.deployments import stack
     from tests.fakes.webhook import FakeWebhook
 
+    # As make up runs it (event ordering, SQLite writes that begin IMMEDIATE): a script run
+    # outside pytest has none of tests/conftest.py's environment.
     server = subprocess.Popen(
         [str(stack.BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=os.environ | SERVER_SETTINGS,
         stdout=open(home / "server.log", "wb"),
         stderr=subprocess.STDOUT,
     )

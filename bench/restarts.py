@@ -182,9 +182,11 @@ def main() -> None:
         INVESTFLOW_DATABASE_URL=f"sqlite:///{home}/market.db",
         XDG_CACHE_HOME=str(home / "cache"),
     )
+    from deployments.local_stack import SERVER_SETTINGS
     from tests.deployments import stack
 
-    server = stack.ServerProcess(home, f"sqlite+aiosqlite:///{home}/prefect.db")
+    # As make up runs it (event ordering, SQLite writes that begin IMMEDIATE).
+    server = stack.ServerProcess(home, f"sqlite+aiosqlite:///{home}/prefect.db", **SERVER_SETTINGS)
     os.environ.update(PREFECT_API_URL=server.api_url, PREFECT_UI_URL=server.api_url[:-4])
     server.env.update(PREFECT_API_URL=server.api_url)
     # Imported after the environment points Prefect at this bench's own server.
